@@ -1,0 +1,1 @@
+"""Prefect flows: the order of stages and their parameters, nothing else."""

@@ -1,0 +1,1 @@
+"""Prefect tasks, one module per stage: config -> cache key -> core call -> artifact -> MLflow."""

@@ -1,0 +1,79 @@
+"""The stage contract shared by every task: resolve config, look up the cache, produce, score, commit, log.
+
+    python -m pytest tests/tasks -q
+"""
+
+from __future__ import annotations
+
+import shutil
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from sqlcopilot_core import paths, tracking
+from sqlcopilot_core.artifacts import Artifact, ArtifactStore, cache_key, code_version
+
+# produce(staging_dir, checkpoint_dir, mlflow_run_id) -> metrics; it writes the artifact's files into staging_dir.
+Producer = Callable[[Path, Path, str], dict[str, Any]]
+
+
+def logger():
+    """Prefect's run logger inside a run, a plain logger outside (tasks are also called through .fn())."""
+    import logging
+
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("sqlcopilot")
+
+
+def store() -> ArtifactStore:
+    return ArtifactStore(paths.artifact_store())
+
+
+def stage_key(stage: str, config: dict[str, Any], upstream: dict[str, Artifact], modules: tuple[str, ...]) -> str:
+    return cache_key(stage, config, {a.stage: a.key for a in upstream.values()}, code_version(*modules))
+
+
+def run_stage(stage: str, config: dict[str, Any], upstream: dict[str, Artifact], modules: tuple[str, ...],
+              produce: Producer, parent_run_id: str | None = None) -> Artifact:
+    """Return the cached artifact for this (stage, config, upstream, code), or produce, score and commit it.
+
+    Each call gets a nested MLflow run under `parent_run_id`; a cache hit's run carries the cached metrics and
+    the tag cache_hit=true, so every flow run shows every stage side by side. Checkpoints live in a folder named
+    by the cache key, so a killed run started again resumes; it is removed once the artifact is committed.
+    """
+    log = logger()
+    version = code_version(*modules)
+    upstream_keys = {a.stage: a.key for a in upstream.values()}
+    key = cache_key(stage, config, upstream_keys, version)
+    artifacts = store()
+    tags = {"stage": stage, "cache_key": key, **{f"upstream.{s}": k for s, k in upstream_keys.items()}}
+    hit = artifacts.lookup(stage, key)
+    if hit is not None:
+        log.info(f"{stage}: cache hit {hit.path}")
+        run_id = tracking.start_run(stage, config, parent_run_id, {**tags, "cache_hit": "true"})
+        tracking.log_metrics(run_id, hit.metrics)
+        tracking.end_run(run_id)
+        return hit
+    log.info(f"{stage}: producing {artifacts.path(stage, key)}")
+    run_id = tracking.start_run(stage, config, parent_run_id, {**tags, "cache_hit": "false"})
+    staging = artifacts.staging(stage, key)
+    checkpoints = artifacts.root / stage / f".checkpoints-{key}"
+    try:
+        metrics = produce(staging, checkpoints, run_id)
+        artifact = artifacts.commit(staging, stage=stage, key=key, config=config, upstream=upstream_keys,
+                                    version=version, metrics=metrics, mlflow_run_id=run_id)
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        tracking.set_tags(run_id, {"error": "".join(traceback.format_exception_only(exc)).strip()[:5000]})
+        tracking.end_run(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    tracking.log_metrics(run_id, metrics)
+    tracking.end_run(run_id)
+    log.info(f"{stage}: committed {artifact.path} metrics={metrics}")
+    return artifact

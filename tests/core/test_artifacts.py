@@ -1,0 +1,84 @@
+import json
+import os
+
+import pytest
+
+from sqlcopilot_core.artifacts import ArtifactError, ArtifactStore, cache_key, code_version, load_artifact
+
+
+def make(store: ArtifactStore, key="k1", payload=b"weights"):
+    staging = store.staging("finetune", key)
+    (staging / "model.safetensors").write_bytes(payload)
+    (staging / "sub").mkdir()
+    (staging / "sub" / "preds.jsonl").write_text("{}\n")
+    return store.commit(staging, stage="finetune", key=key, config={"lr": 1e-4}, upstream={"download_base": "abc"},
+                        version="v1", metrics={"ex": 0.5})
+
+
+def test_commit_writes_exact_file_set_and_verifies(tmp_path):
+    store = ArtifactStore(tmp_path)
+    artifact = make(store)
+    assert artifact.path == tmp_path / "finetune" / "k1"
+    assert sorted(p.relative_to(artifact.path).as_posix() for p in artifact.path.rglob("*") if p.is_file()) == [
+        "manifest.json", "model.safetensors", "sub/preds.jsonl"]
+    manifest = json.loads((artifact.path / "manifest.json").read_text())
+    assert manifest["stage"] == "finetune" and manifest["upstream"] == {"download_base": "abc"}
+    assert set(manifest["files"]) == {"model.safetensors", "sub/preds.jsonl"}
+    assert store.lookup("finetune", "k1").metrics == {"ex": 0.5}
+    assert not list((tmp_path / "finetune").glob(".tmp-*"))
+
+
+def test_half_written_artifact_is_not_a_cache_hit(tmp_path):
+    store = ArtifactStore(tmp_path)
+    staging = store.staging("finetune", "k2")
+    (staging / "model.safetensors").write_bytes(b"partial")
+    # a killed run leaves only its staging folder: the final path does not exist
+    assert store.lookup("finetune", "k2") is None
+    # a folder at the final path without a manifest (e.g. copied by hand) is refused with a message
+    final = store.path("finetune", "k3")
+    final.mkdir(parents=True)
+    (final / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(ArtifactError, match="manifest.json is missing"):
+        load_artifact(final)
+    assert store.lookup("finetune", "k3") is None
+    assert not final.exists() and list((tmp_path / "finetune").glob(".broken-k3-*"))  # kept aside, not deleted
+    assert store.clean_staging("finetune") == 1
+
+
+def test_tampered_and_missing_files_are_named(tmp_path):
+    store = ArtifactStore(tmp_path)
+    artifact = make(store)
+    (artifact.path / "model.safetensors").write_bytes(b"weightZ")  # same size, other bytes
+    with pytest.raises(ArtifactError, match=r"corrupt \(checksum differs\) \['model.safetensors'\].*re-run stage 'finetune'"):
+        load_artifact(artifact.path)
+    os.remove(artifact.path / "sub" / "preds.jsonl")
+    with pytest.raises(ArtifactError, match=r"missing \['sub/preds.jsonl'\]"):
+        load_artifact(artifact.path)
+    assert store.lookup("finetune", "k1") is None
+
+
+def test_manifest_that_is_not_json_or_incomplete(tmp_path):
+    store = ArtifactStore(tmp_path)
+    artifact = make(store)
+    (artifact.path / "manifest.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        load_artifact(artifact.path)
+    (artifact.path / "manifest.json").write_text(json.dumps({"stage": "finetune"}))
+    with pytest.raises(ArtifactError, match="missing field"):
+        load_artifact(artifact.path)
+
+
+def test_cache_key_depends_on_every_input():
+    base = cache_key("prune", {"ratio": 0.5}, {"finetune": "a"}, "v1")
+    assert base == cache_key("prune", {"ratio": 0.5}, {"finetune": "a"}, "v1")
+    assert len({base, cache_key("prune", {"ratio": 0.25}, {"finetune": "a"}, "v1"),
+                cache_key("prune", {"ratio": 0.5}, {"finetune": "b"}, "v1"),
+                cache_key("prune", {"ratio": 0.5}, {"finetune": "a"}, "v2"),
+                cache_key("distill", {"ratio": 0.5}, {"finetune": "a"}, "v1")}) == 5
+
+
+def test_code_version_tracks_module_source():
+    assert code_version("modeling") == code_version("modeling")
+    assert code_version("modeling") != code_version("modeling", "prompting")
+    with pytest.raises(FileNotFoundError):
+        code_version("no_such_module")
