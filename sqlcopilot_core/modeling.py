@@ -136,4 +136,15 @@ def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32, attn_i
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model.to(dtype).eval(), tokenizer
+    return _to_dtype_keeping_rotary_float32(model, dtype).eval(), tokenizer
+
+
+def _to_dtype_keeping_rotary_float32(model: LlamaForCausalLM, dtype: torch.dtype) -> LlamaForCausalLM:
+    """model.to(dtype), except the rotary inverse frequencies, which stay float32 as from_pretrained keeps them:
+    rounded to bfloat16 they shift a position-300 angle by ~0.3 rad and change greedy outputs."""
+    rotary = model.model.rotary_emb
+    frequencies = {name: buffer.clone() for name, buffer in rotary.named_buffers(recurse=False)}
+    model = model.to(dtype)
+    for name, buffer in frequencies.items():
+        setattr(rotary, name, buffer)
+    return model

@@ -15,6 +15,9 @@ from sqlcopilot_core.artifacts import Artifact, ArtifactStore, cache_key, code_v
 
 # produce(staging_dir, checkpoint_dir, mlflow_run_id) -> metrics; it writes the artifact's files into staging_dir.
 Producer = Callable[[Path, Path, str], dict[str, Any]]
+# score(model_dir, out_dir) -> metrics (ex, params, size_mb, tokens_per_s, ...); writes predictions into out_dir.
+Scorer = Callable[[Path, Path], dict[str, Any]]
+SCORE_MODULES = ("scoring", "evaluation", "sqlexec", "generate", "prompting", "spider", "hardness")
 
 
 def logger():
@@ -39,11 +42,14 @@ def stage_key(stage: str, config: dict[str, Any], upstream: dict[str, Artifact],
 
 
 def run_stage(stage: str, config: dict[str, Any], upstream: dict[str, Artifact], modules: tuple[str, ...],
-              produce: Producer, parent_run_id: str | None = None) -> Artifact:
+              produce: Producer, parent_run_id: str | None = None, score: Scorer | None = None,
+              eval_config: dict[str, Any] | None = None) -> Artifact:
     """Return the cached artifact for this (stage, config, upstream, code), or produce, score and commit it.
 
     Each call gets a nested MLflow run under `parent_run_id`; a cache hit's run carries the cached metrics and
-    the tag cache_hit=true, so every flow run shows every stage side by side. Checkpoints live in a folder named
+    the tag cache_hit=true, so every flow run shows every stage side by side. Scores are artifacts of their own
+    (stage 'score', keyed by the model's key and the evaluation settings), so changing how models are scored
+    re-scores them without retraining anything. Checkpoints live in a folder named
     by the cache key, so a killed run started again resumes; it is removed once the artifact is committed.
     """
     log = logger()
@@ -56,7 +62,7 @@ def run_stage(stage: str, config: dict[str, Any], upstream: dict[str, Artifact],
     if hit is not None:
         log.info(f"{stage}: cache hit {hit.path}")
         run_id = tracking.start_run(stage, config, parent_run_id, {**tags, "cache_hit": "true"})
-        tracking.log_metrics(run_id, hit.metrics)
+        tracking.log_metrics(run_id, {**hit.metrics, **scored(hit, score, eval_config, run_id)})
         tracking.end_run(run_id)
         return hit
     log.info(f"{stage}: producing {artifacts.path(stage, key)}")
@@ -67,6 +73,7 @@ def run_stage(stage: str, config: dict[str, Any], upstream: dict[str, Artifact],
         metrics = produce(staging, checkpoints, run_id)
         artifact = artifacts.commit(staging, stage=stage, key=key, config=config, upstream=upstream_keys,
                                     version=version, metrics=metrics, mlflow_run_id=run_id)
+        metrics = {**metrics, **scored(artifact, score, eval_config, run_id)}
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         tracking.set_tags(run_id, {"error": "".join(traceback.format_exception_only(exc)).strip()[:5000]})
@@ -77,3 +84,29 @@ def run_stage(stage: str, config: dict[str, Any], upstream: dict[str, Artifact],
     tracking.end_run(run_id)
     log.info(f"{stage}: committed {artifact.path} metrics={metrics}")
     return artifact
+
+
+def scored(model: Artifact, score: Scorer | None, eval_config: dict[str, Any] | None, run_id: str) -> dict[str, Any]:
+    """The model's score under `eval_config`: a cached 'score' artifact, or scored now and committed as one."""
+    if score is None:
+        return {}
+    artifacts = store()
+    version = code_version(*SCORE_MODULES)
+    key = cache_key("score", eval_config or {}, {model.stage: model.key}, version)
+    hit = artifacts.lookup("score", key)
+    if hit is not None:
+        return hit.metrics
+    logger().info(f"{model.stage}: scoring {model.path}")
+    staging = artifacts.staging("score", key)
+    try:
+        metrics = score(model.path, staging)
+        artifact = artifacts.commit(staging, stage="score", key=key, config=eval_config or {},
+                                    upstream={model.stage: model.key}, version=version, metrics=metrics,
+                                    mlflow_run_id=run_id)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    for name in ("summary.json", "predictions.jsonl"):
+        if (artifact.path / name).exists():
+            tracking.log_artifact(run_id, str(artifact.path / name), "eval")
+    return metrics

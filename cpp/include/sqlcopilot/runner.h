@@ -1,0 +1,63 @@
+// The SQL-Copilot runner: loads an export folder (manifest.json + TorchScript decoder) and generates greedily
+// with a fixed-size key/value cache, exactly as sqlcopilot_core.decoder.greedy_generate does in Python.
+#pragma once
+
+#include <torch/script.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace sqlcopilot {
+
+constexpr const char* kExportFormat = "sqlcopilot-export";
+constexpr int64_t kExportFormatVersion = 1;
+
+// A manifest the runner cannot use; the message names the file, the problem and the stage to re-run.
+class ManifestError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct Manifest {
+  std::filesystem::path dir;
+  std::string graph;  // file name of the TorchScript decoder inside dir
+  std::string dtype;  // "float32" or "bfloat16"
+  int64_t max_seq_len = 0;
+  int64_t vocab_size = 0;
+  int64_t eos_token_id = -1;  // -1: the model has none; generation stops at the token limit only
+  int64_t num_layers = 0;
+};
+
+// Reads and checks <dir>/manifest.json: refuses a foreign format or an unknown format_version.
+Manifest load_manifest(const std::filesystem::path& dir);
+
+struct Generation {
+  std::vector<int64_t> output_ids;  // the new tokens only, ending with EOS when the model produced it
+  double prefill_ms = 0.0;          // prompt pass and first token
+  double decode_ms = 0.0;           // all later tokens together
+  std::vector<float> first_logits;  // logits the first token was chosen from, when asked for
+};
+
+class Runner {
+ public:
+  // Loads the graph and packs its weights for one-row products (see Decoder.pack in sqlcopilot_core/decoder.py).
+  explicit Runner(const std::filesystem::path& export_dir);
+
+  // Greedy new tokens after `input_ids`: stops after EOS, after `max_new_tokens`, or when the cache is full.
+  // Throws std::invalid_argument for an empty prompt, an id outside the vocabulary or a prompt too long.
+  Generation generate(const std::vector<int64_t>& input_ids, int64_t max_new_tokens, bool want_logits = false);
+
+  const Manifest& manifest() const { return manifest_; }
+  bool packed() const { return packed_; }
+
+ private:
+  Manifest manifest_;
+  torch::jit::Module module_;
+  c10::IValue caches_;  // allocated once; a prefill overwrites what a previous request left
+  bool packed_ = false;
+};
+
+}  // namespace sqlcopilot

@@ -1,0 +1,116 @@
+#include "sqlcopilot/runner.h"
+
+#include <ATen/Context.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
+
+#include <chrono>
+#include <fstream>
+#include <sstream>
+
+#include "sqlcopilot/json.h"
+
+namespace sqlcopilot {
+
+namespace {
+
+const char* kRerun = "; re-run the export stage";
+
+std::string read_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ManifestError(path.string() + ": cannot be read" + kRerun);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+double elapsed_ms(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+}
+
+int64_t greedy_token(const at::Tensor& logits) { return logits.argmax(-1).item<int64_t>(); }
+
+}  // namespace
+
+Manifest load_manifest(const std::filesystem::path& dir) {
+  const auto path = dir / "manifest.json";
+  if (!std::filesystem::exists(path)) throw ManifestError(path.string() + ": not found" + kRerun);
+  Json json;
+  try {
+    json = Json::parse(read_file(path));
+    const std::string format = json.has("format") && json.at("format").is_string() ? json.at("format").as_string()
+                                                                                     : "";
+    if (format != kExportFormat)
+      throw ManifestError(path.string() + ": format '" + format + "' is not '" + kExportFormat + "'" + kRerun);
+    const int64_t version = json.at("format_version").as_int();
+    if (version != kExportFormatVersion)
+      throw ManifestError(path.string() + ": format_version " + std::to_string(version) +
+                          " is not understood (this runner reads version " + std::to_string(kExportFormatVersion) +
+                          ")" + kRerun);
+    Manifest manifest;
+    manifest.dir = dir;
+    manifest.graph = json.at("graph").as_string();
+    manifest.dtype = json.at("dtype").as_string();
+    manifest.max_seq_len = json.at("max_seq_len").as_int();
+    manifest.vocab_size = json.at("vocab_size").as_int();
+    manifest.eos_token_id = json.at("eos_token_id").as_int();
+    manifest.num_layers = json.at("num_layers").as_int();
+    if (manifest.dtype != "float32" && manifest.dtype != "bfloat16")
+      throw ManifestError(path.string() + ": dtype '" + manifest.dtype + "' is not float32 or bfloat16" + kRerun);
+    if (!std::filesystem::exists(dir / manifest.graph))
+      throw ManifestError((dir / manifest.graph).string() + ": graph file missing" + kRerun);
+    return manifest;
+  } catch (const JsonError& error) {
+    throw ManifestError(path.string() + ": " + error.what() + kRerun);
+  }
+}
+
+Runner::Runner(const std::filesystem::path& export_dir) : manifest_(load_manifest(export_dir)) {
+  // The graph is already written for speed (fused projections, in-place cache); the profiling executor would only
+  // re-specialise it for every prompt length. Python's ExportedModel runs it the same way.
+  torch::jit::setGraphExecutorOptimize(false);
+  module_ = torch::jit::load((export_dir / manifest_.graph).string(), torch::kCPU);
+  module_.eval();
+  if (at::hasMKLDNN()) {
+    module_.run_method("pack");
+    packed_ = true;
+  }
+  caches_ = module_.run_method("new_caches");
+}
+
+Generation Runner::generate(const std::vector<int64_t>& input_ids, int64_t max_new_tokens, bool want_logits) {
+  const auto prompt_length = static_cast<int64_t>(input_ids.size());
+  if (prompt_length == 0) throw std::invalid_argument("input_ids is empty");
+  if (prompt_length >= manifest_.max_seq_len)
+    throw std::invalid_argument("prompt of " + std::to_string(prompt_length) + " tokens: this export holds at most " +
+                                std::to_string(manifest_.max_seq_len - 1) + " (max_seq_len)");
+  for (int64_t id : input_ids)
+    if (id < 0 || id >= manifest_.vocab_size)
+      throw std::invalid_argument("token id " + std::to_string(id) + " is outside the vocabulary of " +
+                                  std::to_string(manifest_.vocab_size));
+  Generation result;
+  if (max_new_tokens <= 0) return result;
+
+  c10::InferenceMode inference;
+  auto start = std::chrono::steady_clock::now();
+  auto ids = torch::from_blob(const_cast<int64_t*>(input_ids.data()), {1, prompt_length}, torch::kLong).clone();
+  auto logits = module_.get_method("prefill")({ids, caches_}).toTensor();
+  result.output_ids.push_back(greedy_token(logits));
+  result.prefill_ms = elapsed_ms(start);
+  if (want_logits) {
+    auto flat = logits.to(torch::kFloat).contiguous().view(-1);
+    result.first_logits.assign(flat.data_ptr<float>(), flat.data_ptr<float>() + flat.numel());
+  }
+
+  start = std::chrono::steady_clock::now();
+  auto decode_step = module_.get_method("decode_step");
+  for (int64_t pos = prompt_length; static_cast<int64_t>(result.output_ids.size()) < max_new_tokens; ++pos) {
+    const int64_t last = result.output_ids.back();
+    if (last == manifest_.eos_token_id || pos >= manifest_.max_seq_len) break;
+    logits = decode_step({last, pos, caches_}).toTensor();
+    result.output_ids.push_back(greedy_token(logits));
+  }
+  result.decode_ms = elapsed_ms(start);
+  return result;
+}
+
+}  // namespace sqlcopilot

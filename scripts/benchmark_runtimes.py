@@ -1,0 +1,190 @@
+"""Compare the three ways to run one model on Spider dev prompts: transformers generate, the exported TorchScript
+graphs driven from Python, and the C++ runner. Checks they produce the same tokens, then prints prefill and decode
+speed (medians over repeats) and decode speed as a fraction of the memory-bandwidth bound.
+
+    .venv/bin/python scripts/benchmark_runtimes.py --model work/smollm2_base --export work/export_fp32
+    .venv/bin/python scripts/benchmark_runtimes.py --model work/smollm2_base --export work/export_bf16 --dtype bfloat16
+
+The bound: decoding one token reads every weight matrix once (plus the key/value cache so far), so tokens/s can
+not exceed bandwidth / bytes read per token; bandwidth is measured here by summing a 1 GiB tensor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sqlcopilot_core.build import build_runner  # noqa: E402
+from sqlcopilot_core.cpp_runtime import CppRunner  # noqa: E402
+from sqlcopilot_core.export import DTYPES, ExportConfig, export_model, load_exported  # noqa: E402
+from sqlcopilot_core.modeling import load_model  # noqa: E402
+from sqlcopilot_core.prompting import example_prompt  # noqa: E402
+from sqlcopilot_core.spider import load_split  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class StepClock(LogitsProcessor):
+    """Notes the time whenever transformers has logits for a new token: the first call ends the prefill."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def __call__(self, input_ids, scores):
+        self.times.append(time.perf_counter())
+        return scores
+
+
+def run_transformers(model, ids: list[int], max_new: int, eos: int) -> tuple[list[int], float, float]:
+    clock = StepClock()
+    greedy = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new, eos_token_id=eos,
+                              pad_token_id=eos)
+    prompt = torch.tensor([ids])
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), generation_config=greedy,
+                             logits_processor=LogitsProcessorList([clock]))
+    end = time.perf_counter()
+    return out[0, len(ids):].tolist(), (clock.times[0] - start) * 1e3, (end - clock.times[0]) * 1e3
+
+
+def run_graphs(exported, ids: list[int], max_new: int, eos: int) -> tuple[list[int], float, float]:
+    """The same greedy rule as decoder.greedy_generate, timed around the prefill and the decode steps."""
+    with torch.inference_mode():
+        start = time.perf_counter()
+        caches = exported.new_caches()
+        tokens = [int(exported.prefill(torch.tensor([ids]), caches).argmax(-1))]
+        prefilled = time.perf_counter()
+        pos = len(ids)
+        while len(tokens) < max_new and tokens[-1] != eos and pos < exported.max_seq_len:
+            tokens.append(int(exported.decode_step(tokens[-1], pos, caches).argmax(-1)))
+            pos += 1
+        end = time.perf_counter()
+    return tokens, (prefilled - start) * 1e3, (end - prefilled) * 1e3
+
+
+def read_bandwidth_gbs(threads: int, repeats: int = 5) -> float:
+    """Median GB/s of summing a 1 GiB float32 tensor (a pure streaming read)."""
+    torch.set_num_threads(threads)
+    data = torch.ones(2 ** 28)
+    data.sum()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        data.sum()
+        times.append(time.perf_counter() - start)
+    return data.numel() * 4 / statistics.median(times) / 1e9
+
+
+def bytes_per_token(manifest: dict, position: float) -> float:
+    """Bytes one decode step reads: every projection, the output matrix, and the key/value cache up to `position`."""
+    hidden, head_dim = manifest["hidden_size"], manifest["head_dim"]
+    weights = manifest["vocab_size"] * hidden
+    cache = 0
+    for layer in manifest["layers"]:
+        heads, kv_heads, width = layer["num_attention_heads"], layer["num_key_value_heads"], layer["intermediate_size"]
+        weights += hidden * head_dim * (2 * heads + 2 * kv_heads) + 3 * hidden * width
+        cache += 2 * kv_heads * head_dim * position
+    return (weights + cache) * torch.finfo(DTYPES[manifest["dtype"]]).bits / 8
+
+
+def spider_prompt_ids(spider_dir: Path, tokenizer, count: int) -> list[list[int]]:
+    examples = load_split(spider_dir, "dev")[:count]
+    return [tokenizer(example_prompt(e.db_path, e.question)).input_ids for e in examples]
+
+
+def ensure_export(model_dir: Path, export_dir: Path, dtype: str, prompts: list[str]) -> None:
+    if not (export_dir / "manifest.json").exists():
+        print(f"exporting {model_dir} -> {export_dir} ({dtype})")
+        export_model(model_dir, export_dir, ExportConfig(dtype=dtype, max_seq_len=2048), prompts)
+
+
+def summarize(runs: list[tuple[float, float, int]]) -> dict:
+    """Medians over (prefill_ms, decode_ms, new tokens) runs; decode speed counts tokens after the first."""
+    per_token = [decode / (new - 1) for _, decode, new in runs if new > 1]
+    return {"prefill_ms": statistics.median(r[0] for r in runs),
+            "query_ms": statistics.median(r[0] + r[1] for r in runs),
+            "decode_tok_s": 1e3 / statistics.median(per_token) if per_token else float("nan")}
+
+
+def print_table(results: dict[str, dict], bound: float, new_tokens: float) -> None:
+    hf = results["transformers generate"]["query_ms"]
+    print(f"\n{'runtime':24s} {'prefill ms':>10s} {'decode tok/s':>12s} {'query ms':>9s} {'vs HF':>6s} "
+          f"{'% of bound':>10s}")
+    for name, row in results.items():
+        print(f"{name:24s} {row['prefill_ms']:10.1f} {row['decode_tok_s']:12.1f} {row['query_ms']:9.1f} "
+              f"{hf / row['query_ms']:5.2f}x {100 * row['decode_tok_s'] / bound:9.0f}%")
+    print(f"(median over prompts x repeats; {new_tokens:.1f} new tokens per query on average)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, required=True, help="model folder (transformers format)")
+    parser.add_argument("--export", type=Path, required=True, help="export folder (made if missing)")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="dtype when exporting")
+    parser.add_argument("--runner", type=Path, help="built sqlcopilot-runner (built into work/build if omitted)")
+    parser.add_argument("--spider", type=Path, default=ROOT.parent / "shared" / "spider")
+    parser.add_argument("--prompts", type=int, default=6)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+
+    model, tokenizer = load_model(args.model, dtype=DTYPES[args.dtype])
+    prompt_ids = spider_prompt_ids(args.spider, tokenizer, args.prompts)
+    ensure_export(args.model, args.export, args.dtype, [tokenizer.decode(ids) for ids in prompt_ids[:2]])
+    exported = load_exported(args.export)
+    if exported.manifest["dtype"] != args.dtype:
+        sys.exit(f"{args.export} holds a {exported.manifest['dtype']} export; pass --dtype {exported.manifest['dtype']}")
+    runner = args.runner or Path(build_runner(ROOT / "cpp", ROOT / "work" / "build" / "cpp-bench")["runner"])
+    eos = exported.eos_token_id
+    print(f"load average before: {os.getloadavg()[0]:.2f} (2 cores; other work on the machine skews timings)")
+    bandwidth = read_bandwidth_gbs(args.threads)
+    torch.set_num_threads(args.threads)
+
+    runs: dict[str, list] = {"transformers generate": [], "graphs from Python": [], "C++ runner": []}
+    tokens: dict[str, list] = {name: [] for name in runs}
+    with CppRunner(runner, args.export, threads=args.threads) as cpp:
+        for repeat in range(args.repeats):
+            for ids in prompt_ids:  # runtimes interleaved so background load hits them alike
+                for name, run in (("transformers generate", lambda: run_transformers(model, ids, args.new_tokens, eos)),
+                                  ("graphs from Python", lambda: run_graphs(exported, ids, args.new_tokens, eos)),
+                                  ("C++ runner", lambda: _run_cpp(cpp, ids, args.new_tokens))):
+                    out, prefill_ms, decode_ms = run()
+                    runs[name].append((prefill_ms, decode_ms, len(out)))
+                    if repeat == 0:
+                        tokens[name].append(out)
+            print(f"repeat {repeat + 1}/{args.repeats} done", flush=True)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+    reference = tokens["transformers generate"]
+    for name in ("graphs from Python", "C++ runner"):
+        same = sum(a == b for a, b in zip(tokens[name], reference))
+        print(f"{name}: same tokens as transformers on {same}/{len(reference)} prompts")
+    print("graphs from Python vs C++ runner: same tokens on "
+          f"{sum(a == b for a, b in zip(tokens['graphs from Python'], tokens['C++ runner']))}/{len(reference)}")
+    mean_new = statistics.mean(len(t) for t in reference)
+    mean_position = statistics.mean(len(ids) for ids in prompt_ids) + mean_new / 2
+    per_token = bytes_per_token(exported.manifest, mean_position)
+    bound = bandwidth * 1e9 / per_token
+    print(f"\n{args.dtype}, {args.threads} thread(s): read bandwidth {bandwidth:.1f} GB/s, {per_token / 1e6:.0f} MB read "
+          f"per decoded token -> bound {bound:.1f} tokens/s")
+    print_table({name: summarize(r) for name, r in runs.items()}, bound, mean_new)
+
+
+def _run_cpp(cpp: CppRunner, ids: list[int], max_new: int) -> tuple[list[int], float, float]:
+    (out, timings), = cpp.generate([ids], max_new)
+    return out, timings["prefill_ms"], timings["decode_ms"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""The `sqlcopilot` command: rebuild, sweep, eval, predict, ask, sample.
+
+    sqlcopilot --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def cmd_rebuild(args) -> int:
+    from flows.rebuild import full_rebuild
+
+    result = full_rebuild(profile=args.profile, overrides=args.set, spider_dir=args.spider_dir)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from sqlcopilot_core.evaluation import format_summary_table, read_predictions, score_predictions, write_summary
+    from sqlcopilot_core.scoring import resolve_spider_dir
+    from sqlcopilot_core.spider import load_split
+
+    examples = load_split(resolve_spider_dir(args.spider_dir), args.split)
+    predictions = read_predictions(Path(args.predictions), examples)
+    summary = score_predictions(examples, predictions, timeout_s=args.timeout, max_rows=args.max_rows)
+    write_summary(summary, Path(args.out))
+    print(format_summary_table(summary))
+    print(f"wrote {Path(args.out) / 'summary.json'}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from sqlcopilot_core.generate import predict_examples, write_predictions_jsonl
+    from sqlcopilot_core.modeling import load_model
+    from sqlcopilot_core.scoring import EvalConfig, predict_config, resolve_spider_dir
+    from sqlcopilot_core.spider import load_split
+
+    examples = load_split(resolve_spider_dir(args.spider_dir), args.split)[: args.limit]
+    config = EvalConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    if args.runtime == "cpp":
+        from sqlcopilot_core.copilot import predict_with_runner
+
+        preds = predict_with_runner(Path(args.model), examples, config)
+    else:
+        model, tokenizer = load_model(args.model)
+        from sqlcopilot_core.generate import predict_examples
+
+        preds = predict_examples(model, tokenizer, examples, predict_config(config))
+    write_predictions_jsonl(args.out, examples, preds)
+    print(f"wrote {len(preds)} predictions to {args.out}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from sqlcopilot_core.sample import build_sample_spider, ensure_sample_spider
+
+    out = build_sample_spider(Path(args.out)) if args.out else ensure_sample_spider()
+    print(out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sqlcopilot", description="Offline text-to-SQL model factory.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    rebuild = sub.add_parser("rebuild", help="run the full_rebuild flow locally")
+    rebuild.add_argument("--profile", default="cpu", help="smoke | cpu | gpu | path to a profile YAML")
+    rebuild.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE", help="override a setting")
+    rebuild.add_argument("--spider-dir", help="Spider-format folder (default $SPIDER_DIR, else the sample data)")
+    rebuild.set_defaults(func=cmd_rebuild)
+
+    evaluate = sub.add_parser("eval", help="score a predictions file by execution accuracy")
+    evaluate.add_argument("--spider-dir", help="Spider-format folder (default $SPIDER_DIR, else the sample data)")
+    evaluate.add_argument("--split", default="dev", choices=["dev", "train"])
+    evaluate.add_argument("--predictions", required=True, help="JSON lines {db_id, question, pred} or one SQL per line")
+    evaluate.add_argument("--out", required=True, help="folder for summary.json and predictions_scored.jsonl")
+    evaluate.add_argument("--timeout", type=float, default=5.0, help="seconds per query (enforced inside SQLite)")
+    evaluate.add_argument("--max-rows", type=int, default=10000, help="row cap per predicted query")
+    evaluate.set_defaults(func=cmd_eval)
+
+    predict = sub.add_parser("predict", help="write predictions of a model for a Spider split")
+    predict.add_argument("--model", required=True, help="model artifact folder (or exported folder for --runtime cpp)")
+    predict.add_argument("--spider-dir")
+    predict.add_argument("--split", default="dev", choices=["dev", "train"])
+    predict.add_argument("--out", required=True)
+    predict.add_argument("--limit", type=int)
+    predict.add_argument("--max-new-tokens", type=int, default=96)
+    predict.add_argument("--batch-size", type=int, default=8)
+    predict.add_argument("--runtime", default="python", choices=["python", "cpp"])
+    predict.set_defaults(func=cmd_predict)
+
+    sample = sub.add_parser("sample", help="build the embedded sample dataset")
+    sample.add_argument("--out", help="folder to build into (default <work>/sample_spider)")
+    sample.set_defaults(func=cmd_sample)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"sqlcopilot {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""Export stage core: compile a model folder's decoder to TorchScript, prove it matches transformers, describe it.
+
+An export folder holds the graph (decoder.pt), the tokenizer files copied from the model folder and manifest.json
+(format "sqlcopilot-export", format_version 1), which the C++ runner reads. All torch.jit use lives in this module.
+
+    python -m sqlcopilot_core.export work/smollm2_base work/export_smollm2 --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from sqlcopilot_core.config import ConfigError, config_to_dict
+from sqlcopilot_core.decoder import Decoder, greedy_generate
+
+FORMAT = "sqlcopilot-export"
+FORMAT_VERSION = 1
+GRAPH_FILE = "decoder.pt"
+MANIFEST_FILE = "manifest.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                   "tokenizer.model", "added_tokens.json", "chat_template.jinja")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# bfloat16: transformers' own cached decoding differs from its full forward pass by up to ~1.2 on SmolLM2-135M.
+DEFAULT_LOGIT_TOLERANCE = {"float32": 1e-3, "bfloat16": 2.0}
+
+
+class ExportError(RuntimeError):
+    """An export folder is missing, malformed or of an unknown version, or an export failed its parity check."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """How to compile a model folder into an export folder."""
+
+    dtype: str = "float32"
+    """Weight and activation type of the graph: float32 or bfloat16 (half the bytes read per token)."""
+    max_seq_len: int = 1024
+    """Positions in the fixed-size key/value cache: prompt plus generated tokens never exceed it."""
+    parity_prompts: int = 4
+    """How many of the given prompts the self-check runs (at least 1)."""
+    parity_new_tokens: int = 16
+    """Greedy tokens generated per prompt by both the graph and transformers, which must agree (float32)."""
+    max_logit_diff: float | None = None
+    """Largest allowed |graph - transformers| logit; None means 1e-3 for float32 and 2.0 for bfloat16."""
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"export.dtype: {self.dtype!r} is not one of {sorted(DTYPES)}")
+        if self.max_seq_len < 2:
+            raise ConfigError(f"export.max_seq_len: {self.max_seq_len} is too small (need at least 2)")
+        if self.parity_prompts < 1 or self.parity_new_tokens < 1:
+            raise ConfigError("export.parity_prompts and export.parity_new_tokens must be at least 1")
+        if self.parity_new_tokens >= self.max_seq_len:
+            raise ConfigError(f"export.parity_new_tokens ({self.parity_new_tokens}) must be below max_seq_len "
+                              f"({self.max_seq_len})")
+
+    @property
+    def logit_tolerance(self) -> float:
+        return DEFAULT_LOGIT_TOLERANCE[self.dtype] if self.max_logit_diff is None else self.max_logit_diff
+
+
+def export_model(model_dir: str | Path, out_dir: str | Path, config: ExportConfig, prompts: list[str]) -> dict:
+    """Write graph, tokenizer files and manifest into `out_dir` (new or empty); return the manifest.
+
+    Raises ExportError when the graph's float32 greedy tokens differ from transformers' or any logit differs by
+    more than the tolerance; bfloat16 token agreement is recorded, not enforced (see `parity_check`).
+    """
+    from sqlcopilot_core.modeling import layer_shapes, load_model
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ExportError(f"{out_dir}: output folder is not empty")
+    if not prompts:
+        raise ExportError("export needs at least one prompt for its parity check")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, tokenizer = load_model(model_dir, dtype=DTYPES[config.dtype])
+    decoder = Decoder.from_hf(model, config.max_seq_len, DTYPES[config.dtype])
+    torch.jit.script(decoder).save(str(out_dir / GRAPH_FILE))
+    tokenizer_files = _copy_tokenizer_files(model_dir, out_dir)
+    exported = ExportedModel(_load_graph(out_dir / GRAPH_FILE), out_dir)
+    parity = parity_check(model, exported, tokenizer, prompts[: config.parity_prompts], config, model_dir)
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "stage": "export",
+        "graph": GRAPH_FILE, "dtype": config.dtype, "max_seq_len": config.max_seq_len,
+        "vocab_size": int(decoder.embed.shape[0]), "hidden_size": int(decoder.embed.shape[1]),
+        "head_dim": int(decoder.layers[0].head_dim), "num_layers": len(decoder.layers),
+        "layers": layer_shapes(model), "tied_embeddings": decoder.lm_head.data_ptr() == decoder.embed.data_ptr(),
+        "eos_token_id": _token_id(tokenizer.eos_token_id, model.config.eos_token_id),
+        "pad_token_id": _token_id(tokenizer.pad_token_id, model.config.pad_token_id),
+        "tokenizer_files": tokenizer_files, "config": config_to_dict(config),
+        "source_model": str(model_dir), "torch_version": torch.__version__, "parity": parity,
+    }
+    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    _enforce_parity(parity, config, out_dir)
+    return manifest
+
+
+def parity_check(model, exported, tokenizer, prompts: list[str], config: ExportConfig, model_dir: Path) -> dict:
+    """Compare the exported graph with the transformers model it came from, prompt by prompt.
+
+    Logits are compared at every generated position (the prefill and each cached decode step, against a
+    transformers forward pass over the same tokens); greedy tokens against transformers' generate. For bfloat16 the
+    reference is transformers in bfloat16, and the agreement of bfloat16 with float32 greedy tokens is recorded too:
+    the prefill matches bit for bit, but the graph's decode attention runs in float32 where transformers' kernel
+    rounds to bfloat16, so near-ties can later resolve differently (both are equally far from float32).
+    """
+    limit = config.max_seq_len - config.parity_new_tokens
+    eos = _token_id(tokenizer.eos_token_id, model.config.eos_token_id)
+    result: dict[str, Any] = {"prompts": len(prompts), "new_tokens": config.parity_new_tokens,
+                              "reference": f"transformers {config.dtype}", "max_abs_logit_diff": 0.0,
+                              "max_abs_prefill_logit_diff": 0.0,
+                              "first_divergence": [], "truncated_prompts": 0}
+    reference_tokens = []
+    for prompt in tqdm(prompts, desc="export parity", unit="prompt"):
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        if ids.shape[1] > limit:
+            ids, result["truncated_prompts"] = ids[:, -limit:], result["truncated_prompts"] + 1
+        tokens, step_logits = exported.generate_with_logits(ids, config.parity_new_tokens)
+        expected = hf_greedy(model, ids, config.parity_new_tokens, eos)
+        reference_tokens.append((ids, expected))
+        result["first_divergence"].append(_first_divergence(tokens, expected))
+        with torch.no_grad():
+            hf_logits = model(torch.tensor([ids[0].tolist() + tokens[:-1]])).logits[0, ids.shape[1] - 1:]
+            hf_prefill = model(ids, logits_to_keep=1).logits[0]
+        diff = (hf_logits.float() - step_logits.float()).abs().max().item()
+        result["max_abs_logit_diff"] = max(result["max_abs_logit_diff"], diff)
+        diff = (hf_prefill.float() - step_logits[:1].float()).abs().max().item()
+        result["max_abs_prefill_logit_diff"] = max(result["max_abs_prefill_logit_diff"], diff)
+    result["greedy_identical"] = sum(d is None for d in result["first_divergence"])
+    if config.dtype != "float32":
+        result["vs_float32_first_divergence"] = _float32_divergence(model_dir, reference_tokens, eos)
+    return result
+
+
+def hf_greedy(model, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id: int | None) -> list[int]:
+    """transformers' own greedy generation: the new token ids (ending at end-of-sequence if produced)."""
+    from transformers import GenerationConfig
+
+    greedy = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
+                              eos_token_id=eos_token_id, pad_token_id=eos_token_id)
+    with torch.no_grad():
+        output = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), generation_config=greedy)
+    return output[0, input_ids.shape[1]:].tolist()
+
+
+class ExportedModel:
+    """An export folder loaded in Python: the TorchScript graph driven by a Python greedy loop."""
+
+    def __init__(self, module: torch.jit.ScriptModule, export_dir: Path, manifest: dict | None = None):
+        self.module, self.dir, self.manifest = module, export_dir, manifest or {}
+        self.max_seq_len = module.max_seq_len
+        self.eos_token_id = self.manifest.get("eos_token_id", -1)
+
+    def new_caches(self) -> list[torch.Tensor]:
+        return self.module.new_caches()
+
+    def prefill(self, input_ids: torch.Tensor, caches: list[torch.Tensor]) -> torch.Tensor:
+        with torch.jit.optimized_execution(False):
+            return self.module.prefill(input_ids, caches)
+
+    def decode_step(self, token: int, pos: int, caches: list[torch.Tensor]) -> torch.Tensor:
+        with torch.jit.optimized_execution(False):
+            return self.module.decode_step(token, pos, caches)
+
+    def generate_exported(self, input_ids: torch.Tensor | list[int], max_new_tokens: int) -> list[int]:
+        """Greedy new tokens after input_ids ([1, T] tensor or list), stopping at end-of-sequence or the limit."""
+        ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(1, -1)
+        self._check_length(ids)
+        with torch.inference_mode():
+            return greedy_generate(self, ids, max_new_tokens, self.eos_token_id)
+
+    def generate_with_logits(self, input_ids: torch.Tensor, max_new_tokens: int) -> tuple[list[int], torch.Tensor]:
+        """Greedy new tokens (not stopping at end-of-sequence) and the logits [n, vocab] each was chosen from."""
+        self._check_length(input_ids)
+        with torch.inference_mode():
+            caches = self.new_caches()
+            logits = [self.prefill(input_ids, caches)]
+            tokens = [int(logits[-1].argmax(-1))]
+            for pos in range(input_ids.shape[1], input_ids.shape[1] + max_new_tokens - 1):
+                logits.append(self.decode_step(tokens[-1], pos, caches))
+                tokens.append(int(logits[-1].argmax(-1)))
+        return tokens, torch.cat(logits)
+
+    def tokenizer(self):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.dir)
+
+    def _check_length(self, ids: torch.Tensor) -> None:
+        if ids.numel() == 0 or ids.shape[1] >= self.max_seq_len:
+            raise ValueError(f"prompt of {ids.shape[1]} tokens: need 1 to {self.max_seq_len - 1} (max_seq_len of "
+                             f"{self.dir})")
+
+
+def load_exported(export_dir: str | Path) -> ExportedModel:
+    """Load an export folder (manifest checked, weights packed for fast decoding)."""
+    export_dir = Path(export_dir)
+    manifest = read_manifest(export_dir)
+    return ExportedModel(_load_graph(export_dir / manifest["graph"]), export_dir, manifest)
+
+
+def read_manifest(export_dir: str | Path) -> dict:
+    """The manifest of an export folder, refusing unknown formats and versions and naming missing files."""
+    export_dir = Path(export_dir)
+    path = export_dir / MANIFEST_FILE
+    if not path.is_file():
+        raise ExportError(f"{export_dir}: no {MANIFEST_FILE}; re-run the export stage")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{path}: invalid JSON ({exc}); re-run the export stage") from None
+    if manifest.get("format") != FORMAT:
+        raise ExportError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r}; re-run the export stage")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ExportError(f"{path}: format_version {manifest.get('format_version')!r} is not understood (this code "
+                          f"reads version {FORMAT_VERSION}); re-run the export stage")
+    missing_keys = [k for k in ("graph", "max_seq_len", "eos_token_id", "vocab_size", "dtype", "tokenizer_files")
+                    if k not in manifest]
+    if missing_keys:
+        raise ExportError(f"{path}: missing field(s) {missing_keys}; re-run the export stage")
+    missing = [name for name in [manifest["graph"], *manifest["tokenizer_files"]] if not (export_dir / name).is_file()]
+    if missing:
+        raise ExportError(f"{export_dir}: missing file(s) {missing}; re-run the export stage")
+    return manifest
+
+
+def _load_graph(path: Path) -> torch.jit.ScriptModule:
+    module = torch.jit.load(str(path), map_location="cpu")
+    if torch.backends.mkldnn.is_available():
+        module.pack()
+    return module
+
+
+def _copy_tokenizer_files(model_dir: Path, out_dir: Path) -> list[str]:
+    copied = [name for name in TOKENIZER_FILES if (model_dir / name).is_file()]
+    if "tokenizer.json" not in copied and "tokenizer.model" not in copied:
+        raise ExportError(f"{model_dir}: no tokenizer.json or tokenizer.model; re-run the stage that made the model")
+    for name in copied:
+        shutil.copyfile(model_dir / name, out_dir / name)
+    return copied
+
+
+def _token_id(*candidates) -> int:
+    """The first id given (configs sometimes hold a list of end ids: take the first), or -1 for none."""
+    for value in candidates:
+        if isinstance(value, list):
+            value = value[0] if value else None
+        if value is not None:
+            return int(value)
+    return -1
+
+
+def _first_divergence(tokens: list[int], expected: list[int]) -> int | None:
+    """Index of the first differing token over the shorter list (transformers stops at EOS), None if none."""
+    for index, (a, b) in enumerate(zip(tokens, expected)):
+        if a != b:
+            return index
+    return None
+
+
+def _float32_divergence(model_dir: Path, reference_tokens: list, eos: int) -> list[int | None]:
+    """Where bfloat16 transformers' greedy tokens first leave float32 transformers' (a property of the dtype)."""
+    from sqlcopilot_core.modeling import load_model
+
+    model32, _ = load_model(model_dir, dtype=torch.float32)
+    return [_first_divergence(expected, hf_greedy(model32, ids, len(expected), eos)) for ids, expected in
+            reference_tokens]
+
+
+def _enforce_parity(parity: dict, config: ExportConfig, out_dir: Path) -> None:
+    problems = []
+    if parity["max_abs_logit_diff"] > config.logit_tolerance:
+        problems.append(f"largest logit difference {parity['max_abs_logit_diff']:.3g} exceeds "
+                        f"{config.logit_tolerance:g}")
+    if config.dtype == "float32" and parity["greedy_identical"] != parity["prompts"]:
+        problems.append(f"greedy tokens differ from transformers at positions {parity['first_divergence']}")
+    if problems:
+        raise ExportError(f"{out_dir}: exported graph does not match transformers: {'; '.join(problems)}")
+
+
+def _main() -> None:
+    parser = argparse.ArgumentParser(description="Export a model folder to TorchScript for the C++ runner.")
+    parser.add_argument("model_dir")
+    parser.add_argument("out_dir")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    parser.add_argument("--max-seq-len", type=int, default=1024)
+    parser.add_argument("--prompt", action="append", default=None)
+    args = parser.parse_args()
+    prompts = args.prompt or ["-- SQLite query listing every singer's name:\nSELECT"]
+    manifest = export_model(args.model_dir, args.out_dir, ExportConfig(args.dtype, args.max_seq_len), prompts)
+    print(json.dumps(manifest["parity"], indent=2))
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,220 @@
+"""Greedy generation for every stage that scores a model: batched, left-padded, KV-cached, deterministic.
+
+    python -m sqlcopilot_core.generate work/smollm2_base ../shared/spider --limit 8 --out /tmp/preds.jsonl
+
+The loop is written out (prefill, then one token per step from the cache) rather than calling `model.generate`:
+it is as fast on a CPU, it never samples whatever the model's generation_config says, and it lets
+`decode_tokens_per_s` time the decode steps alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from sqlcopilot_core.prompting import build_prompt, extract_sql
+from sqlcopilot_core.spider import Example, serialize_schema
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask, position_ids) with every sequence right-aligned; positions start at 0 per row."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+            mask[row, width - len(seq):] = 1
+    # Positions follow the real tokens so a padded row sees the same rotary angles as the row alone.
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids, mask, positions
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def greedy_generate_ids(model, prompt_ids: list[list[int]], max_new_tokens: int, eos_id: int, pad_id: int,
+                        stop_at_eos: bool = True) -> list[list[int]]:
+    """Greedy continuations (eos excluded) of one batch of token-id prompts, using the model's KV cache."""
+    if any(not p for p in prompt_ids):
+        raise ValueError("greedy_generate_ids: every prompt needs at least one token")
+    device = model_device(model)
+    ids, mask, positions = (t.to(device) for t in left_pad(prompt_ids, pad_id))
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    cache, outputs = out.past_key_values, [[] for _ in prompt_ids]
+    done = torch.zeros(len(prompt_ids), dtype=torch.bool, device=device)
+    for step in range(max_new_tokens):
+        next_ids = out.logits[:, -1].argmax(-1)
+        if stop_at_eos:
+            done |= next_ids == eos_id
+            if bool(done.all()):
+                break
+        for row in (~done).nonzero().flatten().tolist():
+            outputs[row].append(int(next_ids[row]))
+        if step == max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, mask.new_ones((len(prompt_ids), 1))], dim=1)
+        positions = positions[:, -1:] + 1
+        out = model(input_ids=next_ids[:, None], attention_mask=mask, position_ids=positions,
+                    past_key_values=cache, use_cache=True)
+    return outputs
+
+
+def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 8,
+                    progress=True) -> list[str]:
+    """Decoded greedy continuations of `prompts`, in input order; batches hold prompts of similar length."""
+    if batch_size < 1 or max_new_tokens < 1:
+        raise ValueError(f"greedy_generate: batch_size ({batch_size}) and max_new_tokens ({max_new_tokens}) must "
+                         f"be at least 1")
+    encoded = [tokenizer(p).input_ids for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    eos_id = tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    was_training = model.training
+    model.eval()
+    results: list[str] = [""] * len(prompts)
+    try:
+        with tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress) as bar:
+            for start in range(0, len(order), batch_size):
+                chunk = order[start:start + batch_size]
+                continuations = greedy_generate_ids(model, [encoded[i] for i in chunk], max_new_tokens, eos_id,
+                                                    pad_id)
+                for i, tokens in zip(chunk, continuations):
+                    results[i] = tokenizer.decode(tokens, skip_special_tokens=True)
+                bar.update(len(chunk))
+    finally:
+        model.train(was_training)
+    return results
+
+
+class PromptMaker:
+    """`prompting.example_prompt` for many examples, serializing each database's schema only once."""
+
+    def __init__(self, values_per_column: int = 0, max_schema_tokens: int | None = None, tokenizer=None):
+        self.values_per_column, self.max_schema_tokens, self.tokenizer = values_per_column, max_schema_tokens, tokenizer
+        self.schemas: dict[Path, str] = {}
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text).input_ids)
+
+    def __call__(self, example: Example) -> str:
+        if example.db_path not in self.schemas:
+            self.schemas[example.db_path] = serialize_schema(
+                example.db_path, values_per_column=self.values_per_column, max_tokens=self.max_schema_tokens,
+                count_tokens=self.count_tokens if self.tokenizer is not None else None)
+        return build_prompt(self.schemas[example.db_path], example.question)
+
+
+def example_prompts(examples: list[Example], *, values_per_column: int = 0, max_schema_tokens: int | None = None,
+                    tokenizer=None) -> list[str]:
+    """The prompt of every example, exactly as `prompting.example_prompt` writes it."""
+    make = PromptMaker(values_per_column, max_schema_tokens, tokenizer)
+    return [make(e) for e in examples]
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """How a model answers Spider questions when it is scored."""
+
+    values_per_column: int = 0
+    """Sample values shown per column in the schema prompt (0 = none)."""
+    max_schema_tokens: int | None = 400
+    """Schema budget in tokens; sample values, then trailing tables, are dropped to fit (None = no limit)."""
+    max_new_tokens: int = 128
+    """Longest SQL generated, in tokens."""
+    batch_size: int = 8
+    """Prompts generated together (left-padded)."""
+    limit: int | None = None
+    """Score only the first `limit` dev examples (None = all)."""
+
+    def __post_init__(self):
+        if self.values_per_column < 0:
+            raise ValueError(f"PredictConfig.values_per_column must be >= 0, got {self.values_per_column}")
+        if self.max_schema_tokens is not None and self.max_schema_tokens < 1:
+            raise ValueError(f"PredictConfig.max_schema_tokens must be >= 1 or None, got {self.max_schema_tokens}")
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError(f"PredictConfig.max_new_tokens ({self.max_new_tokens}) and batch_size "
+                             f"({self.batch_size}) must be >= 1")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"PredictConfig.limit must be >= 1 or None, got {self.limit}")
+
+
+def predict_examples(model, tokenizer, examples: list[Example], config: PredictConfig, progress=True) -> list[str]:
+    """One predicted SQL statement per example (the first `config.limit` examples when a limit is set)."""
+    chosen = examples[:config.limit] if config.limit is not None else examples
+    prompts = example_prompts(chosen, values_per_column=config.values_per_column,
+                              max_schema_tokens=config.max_schema_tokens, tokenizer=tokenizer)
+    generations = greedy_generate(model, tokenizer, prompts, config.max_new_tokens, config.batch_size, progress)
+    return [extract_sql(text) for text in generations]
+
+
+def write_predictions_jsonl(path: str | Path, examples: list[Example], preds: list[str]) -> Path:
+    """One JSON line {"db_id", "question", "pred"} per prediction, in example order (what the eval command reads)."""
+    if len(preds) > len(examples):
+        raise ValueError(f"{path}: {len(preds)} predictions for only {len(examples)} examples")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for example, pred in zip(examples, preds):
+            handle.write(json.dumps({"db_id": example.db_id, "question": example.question, "pred": pred}) + "\n")
+    return path
+
+
+@torch.inference_mode()
+def decode_tokens_per_s(model, tokenizer, prompt: str, n_tokens: int = 64) -> float:
+    """Greedy decode speed at batch size 1 after the prompt is in the cache (prefill excluded), tokens per second.
+
+    Exactly `n_tokens` tokens are decoded whatever the model says (end-of-text does not stop it), after one short
+    warm-up run, so models of any quality are timed on the same amount of work.
+    """
+    if n_tokens < 2:
+        raise ValueError(f"decode_tokens_per_s: n_tokens must be >= 2, got {n_tokens}")
+    ids = [tokenizer(prompt).input_ids]
+    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id or 0
+    was_training = model.training
+    model.eval()
+    try:
+        greedy_generate_ids(model, ids, 2, eos_id, pad_id, stop_at_eos=False)
+        # Two runs that differ only in decode steps: their time difference excludes prefill.
+        start = time.perf_counter()
+        greedy_generate_ids(model, ids, 1, eos_id, pad_id, stop_at_eos=False)
+        prefill_s = time.perf_counter() - start
+        start = time.perf_counter()
+        greedy_generate_ids(model, ids, n_tokens, eos_id, pad_id, stop_at_eos=False)
+        total_s = time.perf_counter() - start
+    finally:
+        model.train(was_training)
+    return (n_tokens - 1) / max(total_s - prefill_s, 1e-9)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from sqlcopilot_core.modeling import load_model
+    from sqlcopilot_core.spider import load_split
+
+    parser = argparse.ArgumentParser(description="Greedy SQL predictions of a model folder on a Spider split.")
+    parser.add_argument("model_dir")
+    parser.add_argument("spider_dir")
+    parser.add_argument("--split", default="dev")
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--out", default="predictions.jsonl")
+    args = parser.parse_args(argv)
+    model, tokenizer = load_model(args.model_dir)
+    examples = load_split(args.spider_dir, args.split)
+    config = PredictConfig(batch_size=args.batch_size, limit=args.limit)
+    start = time.perf_counter()
+    preds = predict_examples(model, tokenizer, examples, config)
+    print(f"{len(preds)} predictions in {time.perf_counter() - start:.1f} s -> "
+          f"{write_predictions_jsonl(args.out, examples, preds)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,638 @@
+"""Structured, GQA-aware pruning of a Llama: whole query heads / key-value groups, MLP channels and (optionally) the
+hidden width, ranked by weight magnitude or first-order Taylor saliency, cut out with torch-pruning.
+
+    python -m sqlcopilot_core.prune --ratio 0.5                       # the tiny test model
+    python -m sqlcopilot_core.prune --model work/smollm2_base --ratio 0.25 --prune-hidden --out /tmp/pruned
+
+How the surgery is split (measured with torch-pruning 1.6.1 and transformers 5.23): torch-pruning's DependencyGraph
+couples the residual stream (embedding, every q/k/v/gate/up input, o/down output, RMSNorm weights, lm_head) and each
+MLP (gate/up rows with the down column) exactly, so those go through `DependencyGraph.get_pruning_group`, and we
+check the group names exactly the modules we expect. Inside attention the graph treats grouped-query sharing
+(repeat_kv / sdpa) as a channel identity: a group rooted at query head 0 also removes key/value channels 0..15, a
+value group never reaches o_proj, and with sdpa plus the KV cache the group search does not terminate. So query
+heads and key/value groups are cut with torch-pruning's functional pruners (prune_linear_out/in_channels) at
+indices we compute from whole heads, keeping every layer's query heads per group equal (rotary needs whole heads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from tqdm import tqdm
+from transformers import LlamaForCausalLM
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+from sqlcopilot_core.config import ConfigError
+from sqlcopilot_core.modeling import count_parameters, layer_shapes
+
+RATIO_TOLERANCE = 0.02
+CRITERIA = ("magnitude", "taylor")
+
+Calibration = Callable[[nn.Module], torch.Tensor] | Iterable[torch.Tensor | Mapping[str, torch.Tensor]]
+
+
+class PruneError(ValueError):
+    """Pruning cannot reach the request or left an inconsistent model; the message says which and what to change."""
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    ratio: float = 0.5
+    """Fraction of ALL parameters kept (embedding included), 0 < ratio <= 1; reached within 2%."""
+    criterion: str = "magnitude"
+    """'magnitude' ranks a structure by the sum of its squared weights (the squared L2 norm: same order as the norm,
+    and it adds up over a group); 'taylor' by the sum of |weight * gradient| over calibration batches."""
+    prune_heads: bool = True
+    """Remove whole query heads (the same number in every key/value group) and whole key/value groups."""
+    prune_mlp: bool = True
+    """Remove MLP channels (a gate row, an up row and a down column); fine-grained, so it absorbs the rounding."""
+    prune_hidden: bool = False
+    """Also shrink the hidden (residual) width: embedding columns, every projection's input or output, RMSNorm
+    weights. head_dim never changes. Needed below ~25% for SmolLM2-135M, whose tied embedding is 21% of it."""
+    calibration_batches: int = 4
+    """How many calibration batches the taylor criterion accumulates gradients over."""
+    calibration_batch_size: int = 2
+    """Sequences per batch built by `make_calibration_batches`."""
+    min_heads_per_group: int = 1
+    """Query heads every kept key/value group keeps at least (a layer always keeps at least one group)."""
+    global_ranking: bool = True
+    """Rank heads and MLP channels across layers, so layers may end up with different widths; False cuts every
+    layer to the same shape, each choosing its own least important structures."""
+    seed: int = 0
+    """Picks which sequences `make_calibration_batches` uses."""
+
+    def __post_init__(self):
+        if not 0 < self.ratio <= 1:
+            raise ConfigError(f"PruneConfig.ratio: {self.ratio} must be in (0, 1] (the fraction of parameters kept)")
+        if self.criterion not in CRITERIA:
+            raise ConfigError(f"PruneConfig.criterion: {self.criterion!r} is not one of {list(CRITERIA)}")
+        for name in ("calibration_batches", "calibration_batch_size", "min_heads_per_group"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"PruneConfig.{name}: {getattr(self, name)} must be at least 1")
+        if not (self.prune_heads or self.prune_mlp or self.prune_hidden) and self.ratio < 1:
+            raise ConfigError("PruneConfig: prune_heads, prune_mlp and prune_hidden are all off, nothing can shrink")
+
+
+@dataclass
+class LayerPlan:
+    """What one decoder layer keeps, as original indices in ascending order."""
+    kv_heads: list[int]
+    query_heads: list[int]
+    mlp_channels: list[int]
+
+
+@dataclass
+class PrunePlan:
+    """Everything `apply_plan` cuts, and the parameter count it will leave."""
+    layers: list[LayerPlan]
+    hidden_channels: list[int]
+    target_parameters: int
+    planned_parameters: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def make_calibration_batches(sequences: Sequence[Sequence[int]], config: PruneConfig,
+                             pad_token_id: int) -> list[dict[str, torch.Tensor]]:
+    """Up to `calibration_batches` right-padded batches of token id sequences (chosen with `seed`); pads get
+    label -100 so they add no loss."""
+    usable = [list(s) for s in sequences if len(s) >= 2]
+    if not usable:
+        raise PruneError("calibration: no token sequence has 2 or more tokens")
+    random.Random(config.seed).shuffle(usable)
+    usable = usable[:config.calibration_batches * config.calibration_batch_size]
+    batches = []
+    for start in range(0, len(usable), config.calibration_batch_size):
+        chunk = usable[start:start + config.calibration_batch_size]
+        length = max(len(s) for s in chunk)
+        input_ids = torch.full((len(chunk), length), pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), length), dtype=torch.long)
+        for row, seq in enumerate(chunk):
+            input_ids[row, :len(seq)] = torch.tensor(seq)
+            mask[row, :len(seq)] = 1
+        batches.append({"input_ids": input_ids, "attention_mask": mask,
+                        "labels": input_ids.masked_fill(mask == 0, -100)})
+    return batches
+
+
+def _batch_loss(model: nn.Module, batch: torch.Tensor | Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Language-model loss of a batch given as input ids or as a dict with input_ids (+ labels, attention_mask)."""
+    if isinstance(batch, torch.Tensor):
+        return model(input_ids=batch, labels=batch, use_cache=False).loss
+    if "input_ids" not in batch:
+        raise PruneError(f"calibration batch has keys {sorted(batch)}; it needs input_ids")
+    labels = batch.get("labels")
+    if labels is None:
+        labels = batch["input_ids"]
+        if "attention_mask" in batch:
+            labels = labels.masked_fill(batch["attention_mask"] == 0, -100)
+    return model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), labels=labels,
+                 use_cache=False).loss
+
+
+def accumulate_gradients(model: nn.Module, calibration: Calibration | None, config: PruneConfig) -> int:
+    """Sum loss gradients over `calibration_batches` batches into .grad; returns how many batches were used.
+
+    `calibration` is either batches (input id tensors or dicts, see `_batch_loss`) or a callable model -> loss that
+    is called once per batch (it should draw a fresh batch each call)."""
+    if calibration is None:
+        raise PruneError("criterion 'taylor' needs calibration batches (or a model -> loss callable); "
+                         "pass calibration=... or use criterion 'magnitude'")
+    model.zero_grad(set_to_none=True)
+    if callable(calibration):
+        losses = (calibration(model) for _ in range(config.calibration_batches))
+    else:
+        losses = (_batch_loss(model, batch) for batch in itertools.islice(calibration, config.calibration_batches))
+    used = 0
+    with torch.enable_grad():
+        for loss in tqdm(losses, total=config.calibration_batches, desc="taylor calibration", leave=False):
+            if not torch.isfinite(loss):
+                raise PruneError(f"calibration batch {used}: loss is {loss.item()}, cannot rank by gradients")
+            loss.backward()
+            used += 1
+    if used == 0:
+        raise PruneError("calibration yielded no batches")
+    return used
+
+
+def weight_saliency(model: nn.Module, config: PruneConfig, calibration: Calibration | None = None
+                    ) -> dict[str, torch.Tensor]:
+    """Per parameter name (tied weights once), a float32 tensor of per-element saliency: w^2 or |w * grad|."""
+    params = dict(model.named_parameters())
+    for param in params.values():
+        param.requires_grad_(True)
+    if config.criterion == "magnitude":
+        return {name: p.detach().float() ** 2 for name, p in params.items()}
+    accumulate_gradients(model, calibration, config)
+    saliency = {}
+    for name, param in params.items():
+        grad = param.grad if param.grad is not None else torch.zeros_like(param)
+        saliency[name] = (param.detach().float() * grad.float()).abs()
+    model.zero_grad(set_to_none=True)
+    return saliency
+
+
+def _row_blocks(saliency: dict[str, torch.Tensor], prefix: str, blocks: int) -> torch.Tensor:
+    """Saliency of `blocks` equal runs of output rows of a linear layer (weight and bias)."""
+    total = saliency[f"{prefix}.weight"].reshape(blocks, -1).sum(1)
+    bias = saliency.get(f"{prefix}.bias")
+    return total if bias is None else total + bias.reshape(blocks, -1).sum(1)
+
+
+def _column_blocks(saliency: dict[str, torch.Tensor], prefix: str, blocks: int) -> torch.Tensor:
+    """Saliency of `blocks` equal runs of input columns of a linear layer."""
+    weight = saliency[f"{prefix}.weight"]
+    return weight.reshape(weight.shape[0], blocks, -1).sum((0, 2))
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """Parameter counts as a function of widths, so a plan can be sized before any surgery."""
+    vocab: int
+    head_dim: int
+    hidden: int
+    shapes: tuple[tuple[int, int, int], ...]  # per layer: query heads, key/value heads, MLP width
+    attention_bias: bool
+    mlp_bias: bool
+    tied: bool
+    hidden_step: int  # the hidden width must stay a multiple of this
+
+    def attention(self, hidden: int, heads: int, kv_heads: int) -> int:
+        bias = self.head_dim * (heads + 2 * kv_heads) + hidden if self.attention_bias else 0
+        return hidden * self.head_dim * 2 * (heads + kv_heads) + bias
+
+    def mlp(self, hidden: int, width: int) -> int:
+        return 3 * hidden * width + (2 * width + hidden if self.mlp_bias else 0)
+
+    def fixed(self, hidden: int) -> int:
+        return hidden * (self.vocab * (1 if self.tied else 2) + 2 * len(self.shapes) + 1)
+
+    def total(self, hidden: int, shapes: Sequence[tuple[int, int, int]]) -> int:
+        return self.fixed(hidden) + sum(self.attention(hidden, h, k) + self.mlp(hidden, w) for h, k, w in shapes)
+
+
+def _geometry(model: LlamaForCausalLM) -> _Geometry:
+    """The model's sizes; refuses a model with parameters the count formula does not know (it would mis-size)."""
+    config = model.config
+    shapes = tuple((s["num_attention_heads"], s["num_key_value_heads"], s["intermediate_size"])
+                   for s in layer_shapes(model))
+    tied = model.lm_head.weight is model.model.embed_tokens.weight
+    geometry = _Geometry(vocab=model.model.embed_tokens.num_embeddings, head_dim=model.model.layers[0].self_attn.head_dim,
+                         hidden=model.model.embed_tokens.embedding_dim, shapes=shapes,
+                         attention_bias=bool(config.attention_bias), mlp_bias=bool(config.mlp_bias), tied=tied,
+                         hidden_step=config.num_attention_heads)
+    counted = count_parameters(model)
+    if geometry.total(geometry.hidden, shapes) != counted:
+        raise PruneError(f"model has {counted} parameters but a Llama of these shapes has "
+                         f"{geometry.total(geometry.hidden, shapes)}; this pruner only knows plain Llama layers")
+    return geometry
+
+
+def _minimum_shapes(geometry: _Geometry, config: PruneConfig) -> list[tuple[int, int, int]]:
+    """The narrowest layers the config allows: one key/value group with min_heads_per_group, one MLP channel."""
+    minimum = []
+    for heads, kv_heads, width in geometry.shapes:
+        per_group = min(config.min_heads_per_group, heads // kv_heads)
+        minimum.append((per_group, 1) if config.prune_heads else (heads, kv_heads))
+        minimum[-1] = (*minimum[-1], 1 if config.prune_mlp else width)
+    return minimum
+
+
+def _choose_hidden(geometry: _Geometry, config: PruneConfig, target: int) -> int:
+    """Hidden width: sqrt(ratio) of the original (embedding shrinks by s, layers by s * their own cut), widened or
+    narrowed only as far as the layer widths need to land on the target. A multiple of the config's head count,
+    because transformers' LlamaConfig refuses to save or load anything else."""
+    full, minimum, step = geometry.shapes, _minimum_shapes(geometry, config), geometry.hidden_step
+    if not config.prune_hidden:
+        hidden = geometry.hidden
+    else:
+        def slope(shapes):
+            return geometry.total(1, shapes) - geometry.total(0, shapes)
+
+        hidden = step * round(math.sqrt(config.ratio) * geometry.hidden / step)
+        if geometry.total(hidden, full) < target:
+            hidden = step * math.ceil((target - geometry.total(0, full)) / slope(full) / step)
+        if geometry.total(hidden, minimum) > target:
+            hidden = step * math.floor((target - geometry.total(0, minimum)) / slope(minimum) / step)
+        hidden = min(max(hidden, step * math.ceil(min(geometry.head_dim, geometry.hidden) / step)), geometry.hidden)
+    lowest = geometry.total(hidden, minimum)
+    if lowest > target * (1 + RATIO_TOLERANCE):
+        original = geometry.total(geometry.hidden, full)
+        advice = ("lower min_heads_per_group or enable prune_heads/prune_mlp" if config.prune_hidden else
+                  f"the embedding alone is {geometry.fixed(hidden) / original:.1%} of the model; "
+                  "enable prune_hidden to go lower")
+        raise PruneError(f"ratio {config.ratio} is unreachable: the minimum reachable ratio with these settings is "
+                         f"{lowest / original:.3f}; {advice}")
+    return hidden
+
+
+class _AttentionCutter:
+    """Greedy removal of the least salient attention structure per parameter, until a parameter budget.
+
+    A layer's state maps each kept key/value group to its kept query heads (local index, most salient first).
+    Two kinds of cut keep grouped-query attention valid: one query head from every kept group, or a whole group."""
+
+    def __init__(self, geometry: _Geometry, hidden: int, saliency: dict[str, torch.Tensor], config: PruneConfig):
+        self.geometry, self.hidden, self.config = geometry, hidden, config
+        self.head_scores, self.kv_scores, self.groups = [], [], []
+        for index, (heads, kv_heads, _) in enumerate(geometry.shapes):
+            prefix = f"model.layers.{index}.self_attn"
+            head = _row_blocks(saliency, f"{prefix}.q_proj", heads) + _column_blocks(saliency, f"{prefix}.o_proj", heads)
+            kv = _row_blocks(saliency, f"{prefix}.k_proj", kv_heads) + _row_blocks(saliency, f"{prefix}.v_proj", kv_heads)
+            per_group = heads // kv_heads
+            self.head_scores.append(head.reshape(kv_heads, per_group))
+            self.kv_scores.append(kv)
+            self.groups.append({g: sorted(range(per_group), key=lambda j, g=g, h=head: -float(h[g * per_group + j]))
+                                for g in range(kv_heads)})
+
+    def shape(self, layer: int) -> tuple[int, int]:
+        groups = self.groups[layer]
+        return len(groups) * len(next(iter(groups.values()))), len(groups)
+
+    def parameters(self) -> int:
+        return sum(self.geometry.attention(self.hidden, *self.shape(i)) for i in range(len(self.groups)))
+
+    def _head_cut(self, layer: int):
+        """Drop the least salient query head of every kept group: (saliency, new shape, apply) or None."""
+        groups = self.groups[layer]
+        heads, kv_heads = self.shape(layer)
+        if heads // kv_heads <= self.config.min_heads_per_group:
+            return None
+        score = sum(float(self.head_scores[layer][g, kept[-1]]) for g, kept in groups.items())
+        return score, (heads - kv_heads, kv_heads), lambda: [kept.pop() for kept in groups.values()]
+
+    def _group_cut(self, layer: int):
+        """Drop the least salient key/value group with its query heads: (saliency, new shape, apply) or None."""
+        groups = self.groups[layer]
+        heads, kv_heads = self.shape(layer)
+        if kv_heads <= 1:
+            return None
+        totals = {g: float(self.kv_scores[layer][g] + self.head_scores[layer][g, kept].sum())
+                  for g, kept in groups.items()}
+        weakest = min(totals, key=totals.get)
+        return totals[weakest], (heads - heads // kv_heads, kv_heads - 1), lambda: groups.pop(weakest)
+
+    def _options(self, scope: list[int]):
+        """(saliency, parameters removed, applies) for each kind of cut possible in every layer of `scope`."""
+        for make_cut in (self._head_cut, self._group_cut):
+            cuts = [(layer, make_cut(layer)) for layer in scope]
+            if all(cut is not None for _, cut in cuts):
+                removed = sum(self.geometry.attention(self.hidden, *self.shape(layer))
+                              - self.geometry.attention(self.hidden, *cut[1]) for layer, cut in cuts)
+                yield sum(cut[0] for _, cut in cuts), removed, [cut[2] for _, cut in cuts]
+
+    def cut_to(self, budget: int) -> None:
+        """Apply the cut with least saliency per parameter among those that bring the count closer to `budget`."""
+        layers = list(range(len(self.groups)))
+        scopes = [[i] for i in layers] if self.config.global_ranking else [layers]
+        excess = self.parameters() - budget
+        while excess > 0:
+            options = [option for scope in scopes for option in self._options(scope) if option[1] < 2 * excess]
+            if not options:
+                return
+            _, removed, applies = min(options, key=lambda option: option[0] / option[1])
+            for apply in applies:
+                apply()
+            excess -= removed
+
+    def kept(self, layer: int) -> tuple[list[int], list[int]]:
+        """Original indices of the kept key/value heads and query heads of `layer`."""
+        per_group = self.geometry.shapes[layer][0] // self.geometry.shapes[layer][1]
+        groups = self.groups[layer]
+        return sorted(groups), sorted(g * per_group + j for g, kept in groups.items() for j in kept)
+
+
+def _plan_mlp(geometry: _Geometry, hidden: int, saliency: dict[str, torch.Tensor], config: PruneConfig,
+              budget: int) -> list[list[int]]:
+    """Kept MLP channels per layer: as many as `budget` parameters pay for, most salient first."""
+    widths = [width for *_, width in geometry.shapes]
+    if not config.prune_mlp:
+        return [list(range(width)) for width in widths]
+    scores = [_row_blocks(saliency, f"model.layers.{i}.mlp.gate_proj", w)
+              + _row_blocks(saliency, f"model.layers.{i}.mlp.up_proj", w)
+              + _column_blocks(saliency, f"model.layers.{i}.mlp.down_proj", w) for i, w in enumerate(widths)]
+    per_channel = geometry.mlp(hidden, 1) - geometry.mlp(hidden, 0)
+    channels = round((budget - sum(geometry.mlp(hidden, 0) for _ in widths)) / per_channel)
+    if not config.global_ranking:
+        per_layer = max(1, round(channels / len(widths)))
+        return [sorted(s.topk(min(per_layer, len(s))).indices.tolist()) for s in scores]
+    channels = min(max(channels, len(widths)), sum(widths))
+    # every layer keeps its best channel (a zero-width MLP cannot be saved); the rest go to the most salient anywhere
+    forced = [s.clone().index_fill_(0, s.argmax().view(1), math.inf) for s in scores]
+    chosen = torch.cat(forced).topk(channels).indices
+    offsets = list(itertools.accumulate(widths, initial=0))
+    return [sorted((chosen[(chosen >= lo) & (chosen < hi)] - lo).tolist()) for lo, hi in zip(offsets, offsets[1:])]
+
+
+def _channels(heads: Sequence[int], head_dim: int) -> list[int]:
+    """Channel indices of whole heads: head h owns h*head_dim .. (h+1)*head_dim-1."""
+    return [h * head_dim + c for h in heads for c in range(head_dim)]
+
+
+def _plan_hidden(geometry: _Geometry, hidden: int, saliency: dict[str, torch.Tensor],
+                 layers: list[LayerPlan]) -> list[int]:
+    """Kept hidden channels, ranked by their saliency in every weight the rest of the plan keeps."""
+    if hidden == geometry.hidden:
+        return list(range(hidden))
+    total = saliency["model.embed_tokens.weight"].sum(0) + saliency["model.norm.weight"]
+    if "lm_head.weight" in saliency:
+        total = total + saliency["lm_head.weight"].sum(0)
+    for index, plan in enumerate(layers):
+        prefix = f"model.layers.{index}"
+        query, kv = _channels(plan.query_heads, geometry.head_dim), _channels(plan.kv_heads, geometry.head_dim)
+        for name, rows in (("self_attn.q_proj", query), ("self_attn.k_proj", kv), ("self_attn.v_proj", kv),
+                           ("mlp.gate_proj", plan.mlp_channels), ("mlp.up_proj", plan.mlp_channels)):
+            total = total + saliency[f"{prefix}.{name}.weight"][rows].sum(0)
+        for name, columns in (("self_attn.o_proj", query), ("mlp.down_proj", plan.mlp_channels)):
+            total = total + saliency[f"{prefix}.{name}.weight"][:, columns].sum(1)
+            total = total + saliency.get(f"{prefix}.{name}.bias", 0)
+        total = total + saliency[f"{prefix}.input_layernorm.weight"] + saliency[f"{prefix}.post_attention_layernorm.weight"]
+    return sorted(total.topk(hidden).indices.tolist())
+
+
+def _keep_everything(geometry: _Geometry) -> list[LayerPlan]:
+    return [LayerPlan(list(range(kv)), list(range(heads)), list(range(width))) for heads, kv, width in geometry.shapes]
+
+
+def plan_pruning(model: LlamaForCausalLM, config: PruneConfig, calibration: Calibration | None = None) -> PrunePlan:
+    """Decide what to keep so the parameter count lands within 2% of ratio * original; the model is not changed
+    (taylor runs backward passes). Raises PruneError when the ratio cannot be reached with these settings."""
+    geometry = _geometry(model)
+    original = geometry.total(geometry.hidden, geometry.shapes)
+    target = round(config.ratio * original)
+    if config.ratio == 1:
+        return PrunePlan(_keep_everything(geometry), list(range(geometry.hidden)), target, original)
+    hidden = _choose_hidden(geometry, config, target)
+    started = time.perf_counter()
+    saliency = weight_saliency(model, config, calibration)
+    seconds = {"saliency": time.perf_counter() - started}
+    width_budget = target - geometry.fixed(hidden)
+    cutter = _AttentionCutter(geometry, hidden, saliency, config)
+    mlp_full = sum(geometry.mlp(hidden, width) for *_, width in geometry.shapes)
+    if config.prune_heads and config.prune_mlp:
+        attention_full = cutter.parameters()
+        cutter.cut_to(round(width_budget * attention_full / (attention_full + mlp_full)))
+    elif config.prune_heads:
+        cutter.cut_to(width_budget - mlp_full)
+    mlp_channels = _plan_mlp(geometry, hidden, saliency, config, width_budget - cutter.parameters())
+    layers = [LayerPlan(*cutter.kept(index), channels) for index, channels in enumerate(mlp_channels)]
+    hidden_channels = _plan_hidden(geometry, hidden, saliency, layers)
+    planned = geometry.total(hidden, [(len(p.query_heads), len(p.kv_heads), len(p.mlp_channels)) for p in layers])
+    if abs(planned / target - 1) > RATIO_TOLERANCE:
+        raise PruneError(f"ratio {config.ratio}: the closest plan keeps {planned / original:.3f} of the parameters, "
+                         f"more than {RATIO_TOLERANCE:.0%} off; heads are coarse, enable prune_mlp (or prune_hidden)")
+    seconds["plan"] = time.perf_counter() - started - seconds["saliency"]
+    return PrunePlan(layers, hidden_channels, target, planned, seconds)
+
+
+def _check_plan(model: LlamaForCausalLM, plan: PrunePlan) -> None:
+    """Refuse a plan that would break grouped-query attention or point outside the model."""
+    if len(plan.layers) != len(model.model.layers):
+        raise PruneError(f"plan has {len(plan.layers)} layers, the model {len(model.model.layers)}")
+    for index, (layer, kept) in enumerate(zip(model.model.layers, plan.layers)):
+        attn = layer.self_attn
+        heads, kv_heads = attn.q_proj.out_features // attn.head_dim, attn.k_proj.out_features // attn.head_dim
+        per_group = heads // kv_heads
+        owners = [h // per_group for h in kept.query_heads]
+        counts = {g: owners.count(g) for g in kept.kv_heads}
+        if (not kept.kv_heads or set(owners) != set(kept.kv_heads) or len(set(counts.values())) != 1
+                or max(kept.query_heads, default=heads) >= heads or max(kept.kv_heads) >= kv_heads):
+            raise PruneError(f"layer {index}: plan keeps query heads {kept.query_heads} over key/value heads "
+                             f"{kept.kv_heads}; every kept group needs the same number of its own query heads")
+        if not kept.mlp_channels or max(kept.mlp_channels) >= layer.mlp.gate_proj.out_features:
+            raise PruneError(f"layer {index}: plan keeps MLP channels outside 0..{layer.mlp.gate_proj.out_features - 1}")
+
+
+def _cut_attention(attn: nn.Module, kept: LayerPlan) -> None:
+    """Remove whole query heads and key/value groups with torch-pruning's functional pruners (see module doc)."""
+    heads, kv_heads = attn.q_proj.out_features // attn.head_dim, attn.k_proj.out_features // attn.head_dim
+    dropped_query = _channels(sorted(set(range(heads)) - set(kept.query_heads)), attn.head_dim)
+    dropped_kv = _channels(sorted(set(range(kv_heads)) - set(kept.kv_heads)), attn.head_dim)
+    if dropped_query:
+        tp.prune_linear_out_channels(attn.q_proj, dropped_query)
+        tp.prune_linear_in_channels(attn.o_proj, dropped_query)
+    if dropped_kv:
+        tp.prune_linear_out_channels(attn.k_proj, dropped_kv)
+        tp.prune_linear_out_channels(attn.v_proj, dropped_kv)
+    attn.num_key_value_groups = len(kept.query_heads) // len(kept.kv_heads)
+
+
+def _dependency_graph(model: LlamaForCausalLM) -> tp.DependencyGraph:
+    """torch-pruning's graph of the model, traced without a KV cache (the cache's concat confuses the tracer)."""
+    norms = [(module.weight, 0) for module in model.modules() if isinstance(module, LlamaRMSNorm)]
+    example = torch.zeros((1, 4), dtype=torch.long)
+    with torch.enable_grad():
+        return tp.DependencyGraph().build_dependency(
+            model, example_inputs={"input_ids": example, "use_cache": False},
+            output_transform=lambda output: output.logits, unwrapped_parameters=norms, verbose=False)
+
+
+def _prune_group(model: nn.Module, graph: tp.DependencyGraph, root: nn.Module, pruning_fn, idxs: list[int],
+                 expected: set[str]) -> None:
+    """Prune `idxs` of the group torch-pruning couples to `root`, after checking it is exactly `expected`
+    ('<module or parameter name>:out' / ':in')."""
+    if not idxs:
+        return
+    group = graph.get_pruning_group(root, pruning_fn, idxs)
+    names = {module: name for name, module in model.named_modules()}
+    names.update({param: name for name, param in model.named_parameters(remove_duplicate=False)})
+    prunable = (tp.ops.OPTYPE.LINEAR, tp.ops.OPTYPE.EMBED, tp.ops.OPTYPE.PARAMETER)
+    found = {f"{names.get(dep.target.module, dep.target.name)}:{dep.handler.__name__.split('_')[1]}"
+             for dep, _ in group if dep.target.type in prunable}
+    if found != expected:
+        raise PruneError(f"torch-pruning coupled {names[root]} to an unexpected set: missing "
+                         f"{sorted(expected - found)}, extra {sorted(found - expected)}")
+    group.prune()
+
+
+def _hidden_group(model: LlamaForCausalLM) -> set[str]:
+    """Every weight that has one entry per hidden channel, as _prune_group names it."""
+    expected = {"model.embed_tokens:out", "model.norm.weight:out", "lm_head:in"}
+    for index in range(len(model.model.layers)):
+        prefix = f"model.layers.{index}"
+        expected |= {f"{prefix}.self_attn.{p}_proj:in" for p in "qkv"} | {f"{prefix}.self_attn.o_proj:out"}
+        expected |= {f"{prefix}.mlp.gate_proj:in", f"{prefix}.mlp.up_proj:in", f"{prefix}.mlp.down_proj:out"}
+        expected |= {f"{prefix}.input_layernorm.weight:out", f"{prefix}.post_attention_layernorm.weight:out"}
+    return expected
+
+
+def apply_plan(model: LlamaForCausalLM, plan: PrunePlan) -> None:
+    """Cut the model in place to `plan`, update its config (hidden_size, uniform layer shapes) and check shapes."""
+    _check_plan(model, plan)
+    tied = model.lm_head.weight is model.model.embed_tokens.weight
+    for param in model.parameters():
+        param.requires_grad_(True)  # the graph is traced through autograd
+    for layer, kept in zip(model.model.layers, plan.layers):
+        _cut_attention(layer.self_attn, kept)
+    graph = _dependency_graph(model)
+    for index, (layer, kept) in enumerate(tqdm(list(zip(model.model.layers, plan.layers)), desc="prune mlp",
+                                               leave=False)):
+        prefix = f"model.layers.{index}.mlp"
+        dropped = sorted(set(range(layer.mlp.gate_proj.out_features)) - set(kept.mlp_channels))
+        _prune_group(model, graph, layer.mlp.gate_proj, tp.prune_linear_out_channels, dropped,
+                     {f"{prefix}.gate_proj:out", f"{prefix}.up_proj:out", f"{prefix}.down_proj:in"})
+    embedding = model.model.embed_tokens
+    dropped = sorted(set(range(embedding.embedding_dim)) - set(plan.hidden_channels))
+    _prune_group(model, graph, embedding, tp.prune_embedding_out_channels, dropped, _hidden_group(model))
+    if tied and model.lm_head.weight is not model.model.embed_tokens.weight:
+        # both were cut from the one shared tensor at the same columns; share it again
+        if not torch.equal(model.lm_head.weight, model.model.embed_tokens.weight):
+            raise PruneError("tied embedding and lm_head differ after pruning the hidden width")
+        model.lm_head.weight = model.model.embed_tokens.weight
+    _update_config(model)
+    check_shapes(model)
+
+
+def _update_config(model: LlamaForCausalLM) -> None:
+    """Make config.json describe the cut model. The base head counts and MLP width stay as they were (LlamaConfig
+    insists hidden_size is a multiple of num_attention_heads); `sqlcopilot_layers` holds the real per-layer shapes."""
+    model.config.hidden_size = model.model.embed_tokens.embedding_dim
+    model.config.head_dim = model.model.layers[0].self_attn.head_dim
+    model.config.sqlcopilot_layers = layer_shapes(model)
+
+
+def check_shapes(model: LlamaForCausalLM) -> None:
+    """Raise PruneError naming every inconsistent weight: whole heads, GQA grouping, hidden and MLP widths, tying."""
+    hidden = model.model.embed_tokens.embedding_dim
+    problems = []
+    if model.config.hidden_size != hidden:
+        problems.append(f"config.hidden_size {model.config.hidden_size} != embedding width {hidden}")
+    for index, layer in enumerate(model.model.layers):
+        attn, mlp, where = layer.self_attn, layer.mlp, f"layer {index}"
+        d = attn.head_dim
+        if d != getattr(model.config, "head_dim", d):
+            problems.append(f"{where}: head_dim {d} != config.head_dim {model.config.head_dim}")
+        if attn.q_proj.out_features % d or attn.k_proj.out_features % d or attn.k_proj.out_features == 0:
+            problems.append(f"{where}: q/k widths {attn.q_proj.out_features}/{attn.k_proj.out_features} are not "
+                            f"whole heads of {d}")
+            continue
+        heads, kv_heads = attn.q_proj.out_features // d, attn.k_proj.out_features // d
+        if heads % kv_heads or attn.num_key_value_groups != heads // kv_heads:
+            problems.append(f"{where}: {heads} query heads, {kv_heads} key/value heads, "
+                            f"num_key_value_groups {attn.num_key_value_groups}")
+        if attn.v_proj.out_features != attn.k_proj.out_features or attn.o_proj.in_features != attn.q_proj.out_features:
+            problems.append(f"{where}: v_proj out {attn.v_proj.out_features} / o_proj in {attn.o_proj.in_features}")
+        if mlp.up_proj.out_features != mlp.gate_proj.out_features or mlp.down_proj.in_features != mlp.gate_proj.out_features:
+            problems.append(f"{where}: gate/up/down widths {mlp.gate_proj.out_features}/{mlp.up_proj.out_features}/"
+                            f"{mlp.down_proj.in_features}")
+        for name in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"):
+            linear = attn.get_submodule(name) if hasattr(attn, name) else mlp.get_submodule(name)
+            if linear.in_features != hidden:
+                problems.append(f"{where}: {name} reads {linear.in_features} channels, hidden is {hidden}")
+        for name, linear in (("o_proj", attn.o_proj), ("down_proj", mlp.down_proj)):
+            if linear.out_features != hidden:
+                problems.append(f"{where}: {name} writes {linear.out_features} channels, hidden is {hidden}")
+        for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+            if norm.weight.shape != (hidden,):
+                problems.append(f"{where}: RMSNorm weight {tuple(norm.weight.shape)}, hidden is {hidden}")
+    for name, linear in model.named_modules():
+        if isinstance(linear, nn.Linear) and linear.weight.shape != (linear.out_features, linear.in_features):
+            problems.append(f"{name}: weight {tuple(linear.weight.shape)} disagrees with its in/out features")
+    if model.model.norm.weight.shape != (hidden,) or model.lm_head.in_features != hidden:
+        problems.append(f"final norm / lm_head do not read {hidden} channels")
+    if model.config.tie_word_embeddings and model.lm_head.weight is not model.model.embed_tokens.weight:
+        problems.append("config ties the embedding and lm_head but they are separate tensors")
+    if problems:
+        raise PruneError("pruned model is inconsistent: " + "; ".join(problems[:12]))
+
+
+def prune_model(model: LlamaForCausalLM, config: PruneConfig, calibration: Calibration | None = None) -> dict:
+    """Prune `model` in place to ~ratio of its parameters; returns a report (counts, ratio, shapes, seconds)."""
+    started = time.perf_counter()
+    original, original_hidden = count_parameters(model), model.model.embed_tokens.embedding_dim
+    plan = plan_pruning(model, config, calibration)
+    surgery_started = time.perf_counter()
+    apply_plan(model, plan)
+    kept = count_parameters(model)
+    if kept != plan.planned_parameters:
+        raise PruneError(f"pruned model has {kept} parameters, the plan promised {plan.planned_parameters}")
+    with torch.no_grad():
+        model.eval()(input_ids=torch.zeros((1, 2), dtype=torch.long), use_cache=False)
+    return {"ratio": config.ratio, "criterion": config.criterion, "original_parameters": original,
+            "target_parameters": plan.target_parameters, "kept_parameters": kept,
+            "achieved_ratio": kept / original, "original_hidden_size": original_hidden,
+            "hidden_size": model.config.hidden_size, "layers": layer_shapes(model),
+            "seconds": {**plan.seconds, "surgery": time.perf_counter() - surgery_started,
+                        "total": time.perf_counter() - started}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Prune a model folder (or the tiny test model), print the report, try a generation, optionally save."""
+    import json
+
+    from sqlcopilot_core.modeling import load_model, save_model, tiny_model_and_tokenizer
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="model folder (default: the random tiny model)")
+    parser.add_argument("--ratio", type=float, default=0.5)
+    parser.add_argument("--criterion", choices=CRITERIA, default="magnitude")
+    parser.add_argument("--prune-hidden", action="store_true")
+    parser.add_argument("--calibration-file", help="text file, one calibration example per line (taylor)")
+    parser.add_argument("--out", help="save the pruned model here")
+    args = parser.parse_args(argv)
+    model, tokenizer = load_model(args.model) if args.model else tiny_model_and_tokenizer()
+    config = PruneConfig(ratio=args.ratio, criterion=args.criterion, prune_hidden=args.prune_hidden)
+    calibration = None
+    if args.calibration_file:
+        with open(args.calibration_file, encoding="utf-8") as lines:
+            sequences = [tokenizer(line.strip())["input_ids"] for line in lines if line.strip()]
+        calibration = make_calibration_batches(sequences, config, tokenizer.pad_token_id)
+    report = prune_model(model, config, calibration)
+    print(json.dumps(report, indent=1))
+    prompt = tokenizer("SELECT count(*) FROM", return_tensors="pt")
+    output = model.generate(**prompt, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    print("generation:", repr(tokenizer.decode(output[0])))
+    if args.out:
+        print("saved to", save_model(model, tokenizer, args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""How every model-producing stage is scored: execution accuracy on a Spider-format dev split, parameters, size on
+disk, CPU tokens/s of greedy decoding. One function, so every stage's numbers mean the same thing.
+
+    python -c "from sqlcopilot_core.scoring import EvalConfig, eval_examples; print(len(eval_examples(EvalConfig())))"
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlcopilot_core.spider import Example, load_split
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Which split every stage is scored on, and how predictions are generated and executed."""
+
+    spider_dir: str | None = None
+    """Spider-format folder; None means $SPIDER_DIR, else the embedded sample data."""
+    split: str = "dev"
+    """'dev' or 'train'."""
+    limit: int | None = None
+    """Score only the first N examples of the split (None: all). CPU generation is slow; the profiles set this."""
+    values_per_column: int = 0
+    """Distinct sample values per column in the schema prompt."""
+    max_schema_tokens: int | None = 768
+    """Token budget of the serialized schema."""
+    max_new_tokens: int = 96
+    """Longest generated SQL, in tokens."""
+    batch_size: int = 8
+    """Prompts generated together."""
+    timeout_s: float = 5.0
+    """Wall-clock limit per executed query."""
+    max_rows: int = 10000
+    """Row cap per executed query."""
+    speed_tokens: int = 32
+    """Tokens decoded when measuring tokens/s."""
+
+    def __post_init__(self):
+        if self.split not in ("dev", "train"):
+            raise ValueError(f"EvalConfig.split: {self.split!r} is not 'dev' or 'train'")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError("EvalConfig.limit: must be >= 1 or None")
+        if self.max_new_tokens < 1 or self.batch_size < 1 or self.timeout_s <= 0:
+            raise ValueError("EvalConfig: max_new_tokens, batch_size and timeout_s must be positive")
+
+
+def resolve_spider_dir(spider_dir: str | os.PathLike | None) -> Path:
+    """An explicit folder, else $SPIDER_DIR, else the embedded sample data (built on first use)."""
+    if spider_dir:
+        return Path(spider_dir).resolve()
+    if os.environ.get("SPIDER_DIR"):
+        return Path(os.environ["SPIDER_DIR"]).resolve()
+    from sqlcopilot_core.sample import ensure_sample_spider
+
+    return ensure_sample_spider()
+
+
+def eval_examples(config: EvalConfig) -> list[Example]:
+    examples = load_split(resolve_spider_dir(config.spider_dir), config.split)
+    return examples[: config.limit] if config.limit else examples
+
+
+def folder_size_mb(folder: Path, suffixes: tuple[str, ...] = (".safetensors", ".pt", ".bin")) -> float:
+    """Size on disk of the weight files of a folder, in MB (10^6 bytes)."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.suffix in suffixes) / 1e6
+
+
+def score_predictions_to(out_dir: Path, examples: list[Example], predictions: list[str],
+                         config: EvalConfig) -> dict[str, Any]:
+    """Execute and score predictions, write predictions.jsonl + summary.json into out_dir, return the summary."""
+    from sqlcopilot_core.evaluation import score_predictions, write_summary
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "predictions.jsonl", "w") as handle:
+        for example, pred in zip(examples, predictions):
+            handle.write(json.dumps({"db_id": example.db_id, "question": example.question, "pred": pred}) + "\n")
+    summary = score_predictions(examples, predictions, timeout_s=config.timeout_s, max_rows=config.max_rows)
+    write_summary(summary, out_dir)
+    return summary
+
+
+def predict_config(config: EvalConfig):
+    from sqlcopilot_core.generate import PredictConfig
+
+    return PredictConfig(values_per_column=config.values_per_column, max_schema_tokens=config.max_schema_tokens,
+                         max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
+
+
+def score_model(model, tokenizer, weights_dir: Path, config: EvalConfig, out_dir: Path,
+                examples: list[Example] | None = None) -> dict[str, Any]:
+    """The standard metrics of a model (Python runtime): ex, params, size_mb, tokens_per_s; files under out_dir."""
+    from sqlcopilot_core.generate import decode_tokens_per_s, predict_examples
+    from sqlcopilot_core.modeling import count_parameters
+
+    examples = examples if examples is not None else eval_examples(config)
+    predictions = predict_examples(model, tokenizer, examples, predict_config(config))
+    summary = score_predictions_to(out_dir, examples, predictions, config)
+    speed_prompt = predict_prompt(examples[0], tokenizer, config)
+    return {"ex": summary["ex"], "n": summary["n"], "params": count_parameters(model),
+            "size_mb": round(folder_size_mb(weights_dir), 3),
+            "tokens_per_s": round(decode_tokens_per_s(model, tokenizer, speed_prompt, config.speed_tokens), 2),
+            **{f"ex_{level}": v["ex"] for level, v in summary["by_hardness"].items() if v["ex"] is not None},
+            **{f"errors_{kind}": n for kind, n in summary["errors"].items() if n}}
+
+
+def predict_prompt(example: Example, tokenizer, config: EvalConfig) -> str:
+    from sqlcopilot_core.prompting import example_prompt
+
+    return example_prompt(example.db_path, example.question, values_per_column=config.values_per_column,
+                          max_schema_tokens=config.max_schema_tokens, tokenizer=tokenizer)

@@ -1,0 +1,82 @@
+import sqlite3
+
+import pytest
+import torch
+from transformers import GenerationConfig
+
+from sqlcopilot_core.evaluation import read_predictions
+from sqlcopilot_core.generate import (PredictConfig, decode_tokens_per_s, example_prompts, greedy_generate,
+                                      greedy_generate_ids, predict_examples, write_predictions_jsonl)
+from sqlcopilot_core.modeling import tiny_model_and_tokenizer
+from sqlcopilot_core.prompting import example_prompt
+from sqlcopilot_core.spider import Example
+
+PET_QUERIES = [
+    ("How many pets are there?", "SELECT count(*) FROM pets"),
+    ("List the names of all pets.", "SELECT name FROM pets"),
+    ("What is the age of Rex?", "SELECT age FROM pets WHERE name = 'Rex'"),
+    ("Which pets are older than 3?", "SELECT name FROM pets WHERE age > 3"),
+]
+
+
+@pytest.fixture()
+def pet_examples(tmp_path) -> list[Example]:
+    """A one-table database and four questions about it: prompts of ~150 byte tokens for the tiny model."""
+    db = tmp_path / "database" / "pets" / "pets.sqlite"
+    db.parent.mkdir(parents=True)
+    with sqlite3.connect(db) as conn:
+        conn.executescript("CREATE TABLE pets(id INTEGER PRIMARY KEY, name TEXT, age INTEGER);"
+                           "INSERT INTO pets VALUES (1, 'Rex', 5), (2, 'Tom', 2), (3, 'Kit', 4);")
+    return [Example(question, query, "pets", db, i) for i, (question, query) in enumerate(PET_QUERIES)]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_model_and_tokenizer(seed=0)
+
+
+def test_batched_generation_equals_one_at_a_time_and_hf_generate(tiny):
+    model, tokenizer = tiny
+    prompts = [tokenizer(p).input_ids for p in ["SELECT name FROM", "a much longer prompt, padded less", "x"]]
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    batched = greedy_generate_ids(model, prompts, 12, eos, pad, stop_at_eos=False)
+    assert batched == [greedy_generate_ids(model, [p], 12, eos, pad, stop_at_eos=False)[0] for p in prompts]
+    reference = GenerationConfig(do_sample=False, max_new_tokens=12, min_new_tokens=12, pad_token_id=pad)
+    for prompt, mine in zip(prompts, batched):
+        theirs = model.generate(torch.tensor([prompt]), generation_config=reference)[0, len(prompt):].tolist()
+        assert mine == theirs
+
+
+def test_generation_stops_at_end_of_text_and_keeps_input_order(tiny):
+    model, tokenizer = tiny
+    prompts = ["short", "a considerably longer prompt than the first"]
+    free = greedy_generate_ids(model, [tokenizer(p).input_ids for p in prompts], 10, -1, tokenizer.pad_token_id)
+    # Pretend the 4th token the model writes for the first prompt is end-of-text: generation must stop before it.
+    stop = free[0][3]
+    stopped = greedy_generate_ids(model, [tokenizer(prompts[0]).input_ids], 10, stop, tokenizer.pad_token_id)[0]
+    assert stopped == free[0][:free[0].index(stop)]
+    texts = greedy_generate(model, tokenizer, prompts, 10, batch_size=1, progress=False)
+    assert texts == [tokenizer.decode(f, skip_special_tokens=True) for f in free]
+
+
+def test_example_prompts_equal_example_prompt(pet_examples, tiny):
+    _, tokenizer = tiny
+    for options in ({}, {"values_per_column": 2, "max_schema_tokens": 60, "tokenizer": tokenizer}):
+        assert example_prompts(pet_examples, **options) == [example_prompt(e.db_path, e.question, **options)
+                                                            for e in pet_examples]
+
+
+def test_predictions_file_is_what_the_evaluator_reads(pet_examples, tiny, tmp_path):
+    model, tokenizer = tiny
+    preds = predict_examples(model, tokenizer, pet_examples, PredictConfig(max_new_tokens=6, limit=3), progress=False)
+    assert len(preds) == 3 and all(isinstance(p, str) and "\n" not in p for p in preds)
+    path = write_predictions_jsonl(tmp_path / "out" / "preds.jsonl", pet_examples, preds)
+    assert read_predictions(path, pet_examples[:3]) == preds
+
+
+def test_decode_speed_and_config_checks(tiny):
+    model, tokenizer = tiny
+    assert decode_tokens_per_s(model, tokenizer, "SELECT", n_tokens=8) > 0
+    assert not model.training
+    with pytest.raises(ValueError, match="limit must be >= 1"):
+        PredictConfig(limit=0)

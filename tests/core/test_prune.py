@@ -1,0 +1,187 @@
+"""Structured pruning of the tiny 2-layer GQA Llama (6 query heads over 2 key/value heads, head_dim 16)."""
+
+import pytest
+import torch
+
+from sqlcopilot_core.config import ConfigError
+from sqlcopilot_core.modeling import (count_parameters, layer_shapes, load_model, save_model,
+                                      tiny_model_and_tokenizer)
+from sqlcopilot_core.prune import (PruneConfig, PruneError, check_shapes, make_calibration_batches, plan_pruning,
+                                   prune_model)
+
+HEAD_DIM = 16
+SQL_TEXTS = ["SELECT count(*) FROM singer", "SELECT name FROM stadium WHERE capacity > 5000",
+             "SELECT avg(age) FROM head", "SELECT T1.name FROM a AS T1 JOIN b AS T2 ON T1.id = T2.id",
+             "SELECT DISTINCT country FROM singer ORDER BY country", "SELECT max(weight) FROM pets"]
+
+
+def calibration_for(tokenizer, config):
+    return make_calibration_batches([tokenizer(t)["input_ids"] for t in SQL_TEXTS], config, tokenizer.pad_token_id)
+
+
+def assert_gqa_consistent(model):
+    for index, layer in enumerate(model.model.layers):
+        attn, mlp = layer.self_attn, layer.mlp
+        assert attn.head_dim == HEAD_DIM, index
+        assert attn.q_proj.out_features % HEAD_DIM == 0 and attn.k_proj.out_features % HEAD_DIM == 0, index
+        heads, kv_heads = attn.q_proj.out_features // HEAD_DIM, attn.k_proj.out_features // HEAD_DIM
+        assert kv_heads >= 1 and heads % kv_heads == 0, index
+        assert attn.num_key_value_groups == heads // kv_heads, index
+        assert attn.v_proj.weight.shape == attn.k_proj.weight.shape, index
+        assert attn.o_proj.weight.shape == (model.config.hidden_size, heads * HEAD_DIM), index
+        assert mlp.down_proj.weight.shape == (model.config.hidden_size, mlp.gate_proj.out_features), index
+    check_shapes(model)
+
+
+def test_config_rejects_bad_values():
+    for bad in ({"ratio": 0}, {"ratio": 1.2}, {"criterion": "random"}, {"min_heads_per_group": 0},
+                {"calibration_batches": 0}):
+        with pytest.raises(ConfigError):
+            PruneConfig(**bad)
+
+
+def test_heads_are_removed_whole_and_every_layer_stays_grouped():
+    model, _ = tiny_model_and_tokenizer(seed=0)
+    report = prune_model(model, PruneConfig(ratio=0.5))
+    assert_gqa_consistent(model)
+    heads = [shape["num_attention_heads"] for shape in report["layers"]]
+    assert sum(heads) < 12, "no query head was pruned"
+    assert report["layers"] == layer_shapes(model)
+
+
+def test_kept_query_heads_are_the_same_number_in_every_kept_group():
+    model, _ = tiny_model_and_tokenizer(seed=0)
+    for layer in plan_pruning(model, PruneConfig(ratio=0.4)).layers:
+        owners = [head // 3 for head in layer.query_heads]
+        assert set(owners) == set(layer.kv_heads)
+        assert len({owners.count(group) for group in layer.kv_heads}) == 1
+
+
+def test_pruned_model_runs_forward_and_generate():
+    model, tokenizer = tiny_model_and_tokenizer(seed=1)
+    prune_model(model, PruneConfig(ratio=0.4))
+    prompt = tokenizer("SELECT name FROM", return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**prompt).logits
+        output = model.generate(**prompt, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert logits.shape == (1, prompt["input_ids"].shape[1], len(tokenizer)) and torch.isfinite(logits).all()
+    assert output.shape[1] == prompt["input_ids"].shape[1] + 6
+
+
+@pytest.mark.parametrize("prune_hidden", [False, True])
+def test_saved_and_reloaded_model_gives_the_same_logits(tmp_path, prune_hidden):
+    model, tokenizer = tiny_model_and_tokenizer(seed=2)
+    prune_model(model, PruneConfig(ratio=0.2 if prune_hidden else 0.5, prune_hidden=prune_hidden))
+    save_model(model, tokenizer, tmp_path)
+    reloaded, _ = load_model(tmp_path)
+    input_ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        difference = (model(input_ids).logits - reloaded(input_ids).logits).abs().max().item()
+    assert difference < 1e-5
+    assert layer_shapes(reloaded) == layer_shapes(model)
+    assert reloaded.lm_head.weight is reloaded.model.embed_tokens.weight
+
+
+@pytest.mark.parametrize("ratio, prune_hidden", [(0.75, False), (0.5, False), (0.3, False), (0.12, True)])
+def test_parameter_count_lands_within_two_percent(ratio, prune_hidden):
+    model, _ = tiny_model_and_tokenizer(seed=0)
+    original = count_parameters(model)
+    report = prune_model(model, PruneConfig(ratio=ratio, prune_hidden=prune_hidden))
+    assert report["kept_parameters"] == count_parameters(model)
+    assert abs(count_parameters(model) / (ratio * original) - 1) <= 0.02
+    assert (report["hidden_size"] < 96) == prune_hidden
+    assert_gqa_consistent(model)
+
+
+def test_pruning_the_hidden_width_keeps_head_dim_and_the_tied_embedding():
+    model, _ = tiny_model_and_tokenizer(seed=0)
+    report = prune_model(model, PruneConfig(ratio=0.12, prune_hidden=True))
+    hidden = report["hidden_size"]
+    assert hidden % 6 == 0 and model.config.hidden_size == hidden
+    assert model.model.embed_tokens.weight.shape == (258, hidden)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert all(layer.input_layernorm.weight.shape == (hidden,) for layer in model.model.layers)
+    assert model.model.norm.weight.shape == (hidden,)
+
+
+def test_taylor_drops_channels_that_cannot_affect_the_loss_but_magnitude_keeps_them():
+    # MLP channels 0..9 of layer 0 get big gate/up rows but a zero down column: large, yet dead
+    def crafted_model():
+        model, tokenizer = tiny_model_and_tokenizer(seed=3)
+        mlp = model.model.layers[0].mlp
+        with torch.no_grad():
+            mlp.gate_proj.weight[:10] *= 10
+            mlp.up_proj.weight[:10] *= 10
+            mlp.down_proj.weight[:, :10] = 0
+        return model, tokenizer
+
+    dead = set(range(10))
+    model, tokenizer = crafted_model()
+    magnitude = plan_pruning(model, PruneConfig(ratio=0.5, prune_heads=False))
+    model, tokenizer = crafted_model()
+    config = PruneConfig(ratio=0.5, prune_heads=False, criterion="taylor")
+    taylor = plan_pruning(model, config, calibration_for(tokenizer, config))
+    assert dead <= set(magnitude.layers[0].mlp_channels)
+    assert not dead & set(taylor.layers[0].mlp_channels)
+
+
+def test_taylor_prunes_a_valid_model_from_a_loss_callable():
+    model, tokenizer = tiny_model_and_tokenizer(seed=0)
+    batch = tokenizer(SQL_TEXTS[:2], return_tensors="pt", padding=True)
+    calls = []
+
+    def loss(m):
+        calls.append(1)
+        return m(**batch, labels=batch["input_ids"], use_cache=False).loss
+
+    config = PruneConfig(ratio=0.5, criterion="taylor", calibration_batches=3)
+    report = prune_model(model, config, calibration=loss)
+    assert len(calls) == 3 and abs(report["achieved_ratio"] - 0.5) <= 0.01
+    assert_gqa_consistent(model)
+
+
+def test_taylor_without_calibration_is_a_clear_error():
+    model, _ = tiny_model_and_tokenizer(seed=0)
+    with pytest.raises(PruneError, match="calibration"):
+        prune_model(model, PruneConfig(criterion="taylor"))
+
+
+def test_global_ranking_lets_layers_differ_and_local_ranking_keeps_them_equal():
+    def model_with_weak_second_layer():
+        model, _ = tiny_model_and_tokenizer(seed=0)
+        with torch.no_grad():
+            mlp = model.model.layers[1].mlp
+            for linear in (mlp.gate_proj, mlp.up_proj, mlp.down_proj):
+                linear.weight *= 0.2
+        return model
+
+    global_plan = plan_pruning(model_with_weak_second_layer(), PruneConfig(ratio=0.5, prune_heads=False))
+    local_plan = plan_pruning(model_with_weak_second_layer(),
+                              PruneConfig(ratio=0.5, prune_heads=False, global_ranking=False))
+    global_widths = [len(layer.mlp_channels) for layer in global_plan.layers]
+    assert global_widths[1] < global_widths[0]
+    assert len({len(layer.mlp_channels) for layer in local_plan.layers}) == 1
+
+
+def test_unreachable_ratio_names_the_minimum_and_prune_hidden():
+    model, _ = tiny_model_and_tokenizer(seed=0)
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(PruneError, match=r"minimum reachable ratio .* is 0\.2\d+.*prune_hidden"):
+        prune_model(model, PruneConfig(ratio=0.1))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())), "a refused plan changed the model"
+
+
+def test_pruning_only_the_mlp_leaves_attention_whole():
+    model, _ = tiny_model_and_tokenizer(seed=0)
+    report = prune_model(model, PruneConfig(ratio=0.6, prune_heads=False))
+    assert all(s["num_attention_heads"] == 6 and s["num_key_value_heads"] == 2 for s in report["layers"])
+    assert abs(report["achieved_ratio"] - 0.6) <= 0.012
+
+
+def test_calibration_batches_are_padded_and_masked():
+    _, tokenizer = tiny_model_and_tokenizer()
+    config = PruneConfig(calibration_batches=2, calibration_batch_size=2)
+    batches = calibration_for(tokenizer, config)
+    assert len(batches) == 2 and all(b["input_ids"].shape[0] == 2 for b in batches)
+    for batch in batches:
+        assert ((batch["labels"] == -100) == (batch["attention_mask"] == 0)).all()

@@ -1,0 +1,24 @@
+from sqlcopilot_core import tracking
+
+
+def test_parent_and_nested_runs_in_local_sqlite_store(work_home):
+    parent = tracking.start_run("full-rebuild", {"profile": "smoke", "finetune": {"lr": 1e-3}})
+    child = tracking.start_run("finetune", {"lr": 1e-3, "targets": ["q_proj"]}, parent_run_id=parent,
+                               tags={"stage": "finetune"})
+    tracking.log_metrics(child, {"ex": 0.25, "params": 1000, "skip_me": "text", "nan": float("nan")})
+    tracking.end_run(child)
+    tracking.end_run(parent)
+    assert (work_home / "mlflow.db").exists()
+    run = tracking.client().get_run(child)
+    assert run.data.metrics == {"ex": 0.25, "params": 1000.0}
+    assert run.data.tags["mlflow.parentRunId"] == parent and run.data.params["targets"] == '["q_proj"]'
+    assert tracking.client().get_run(parent).data.params["finetune.lr"] == "0.001"
+    children = tracking.client().search_runs([tracking.experiment_id()], f"tags.mlflow.parentRunId = '{parent}'")
+    assert [r.info.run_id for r in children] == [child]
+
+
+def test_tracking_uri_env_points_elsewhere(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'other.db'}")
+    run_id = tracking.start_run("x")
+    tracking.end_run(run_id)
+    assert (tmp_path / "other.db").exists()
