@@ -1,0 +1,80 @@
+"""full_rebuild on the smoke profile under a real (temporary) Prefect server: caching, partial re-runs, resume."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sqlcopilot_core import tracking
+from sqlcopilot_core.artifacts import load_artifact
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def stage_runs(parent_run_id):
+    runs = tracking.client().search_runs([tracking.experiment_id()], f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    return {r.data.tags["stage"]: r for r in runs}
+
+
+def test_second_run_is_all_cache_hits_and_one_setting_reruns_one_stage(work_home, prefect_harness):
+    from flows.rebuild import full_rebuild
+
+    first = full_rebuild(profile="smoke")
+    runs = stage_runs(first["mlflow_run_id"])
+    assert first["gold_ex"] == 1.0
+    assert {s: r.data.tags["cache_hit"] for s, r in runs.items() if s != "gold_check"} == {
+        "download_base": "false", "finetune": "false"}
+    for stage in ("download_base", "finetune"):
+        assert {"ex", "params", "size_mb", "tokens_per_s"} <= set(runs[stage].data.metrics)
+        assert load_artifact(first["artifacts"][stage]).manifest["mlflow_run_id"] == runs[stage].info.run_id
+    tuned_weights = Path(first["artifacts"]["finetune"]) / "model.safetensors"
+    mtime = tuned_weights.stat().st_mtime_ns
+
+    second = full_rebuild(profile="smoke")
+    assert second["keys"] == first["keys"]
+    runs = stage_runs(second["mlflow_run_id"])
+    assert {s: r.data.tags["cache_hit"] for s, r in runs.items() if s != "gold_check"} == {
+        "download_base": "true", "finetune": "true"}
+    assert "train_steps" in runs["finetune"].data.metrics  # the cached run still shows what training did
+    assert tuned_weights.stat().st_mtime_ns == mtime  # nothing was trained again
+
+    third = full_rebuild(profile="smoke", overrides=["finetune.learning_rate=0.002"])
+    assert third["keys"]["download_base"] == first["keys"]["download_base"]
+    assert third["keys"]["finetune"] != first["keys"]["finetune"]
+    runs = stage_runs(third["mlflow_run_id"])
+    assert runs["download_base"].data.tags["cache_hit"] == "true"
+    assert runs["finetune"].data.tags["cache_hit"] == "false"
+
+
+def test_killed_finetune_resumes_from_last_checkpoint(work_home):
+    env = {**os.environ, "SQLCOPILOT_HOME": str(work_home), "PREFECT_HOME": str(work_home / "prefect")}
+    env.pop("PREFECT_API_URL", None)
+    (work_home / "prefect").mkdir(parents=True)
+    command = [sys.executable, "-m", "sqlcopilot_core.cli", "rebuild", "--profile", "smoke",
+               "--set", "finetune.max_steps=40", "--set", "finetune.checkpoint_every=2"]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    checkpoint_root = work_home / "artifacts" / "finetune"
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            found = [p for p in checkpoint_root.glob(".checkpoints-*/*") if p.is_dir() and not p.name.startswith(".")]
+            if len(found) >= 2:  # at least two finished checkpoints: the run is well into training
+                break
+            time.sleep(0.5)
+        assert process.poll() is None, "the run ended before it could be killed"
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert not [p for p in checkpoint_root.iterdir() if not p.name.startswith(".")], "no artifact may be committed"
+
+    resumed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    artifact = next(p for p in checkpoint_root.iterdir() if not p.name.startswith("."))
+    metrics = load_artifact(artifact).metrics
+    assert metrics["train_resumed_from_step"] >= 2 and metrics["train_steps"] == 40
+    assert not list(checkpoint_root.glob(".checkpoints-*"))  # removed once the artifact is committed
