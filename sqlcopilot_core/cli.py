@@ -19,6 +19,15 @@ def cmd_rebuild(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from flows.sweep import prune_sweep
+
+    ratios = [float(r) for r in args.ratios.split(",") if r.strip()]
+    result = prune_sweep(profile=args.profile, ratios=ratios, overrides=args.set, spider_dir=args.spider_dir)
+    print(json.dumps(result["rows"], indent=2))
+    return 0
+
+
 def cmd_eval(args) -> int:
     from sqlcopilot_core.evaluation import format_summary_table, read_predictions, score_predictions, write_summary
     from sqlcopilot_core.scoring import resolve_spider_dir
@@ -72,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE", help="override a setting")
     rebuild.add_argument("--spider-dir", help="Spider-format folder (default $SPIDER_DIR, else the sample data)")
     rebuild.set_defaults(func=cmd_rebuild)
+
+    sweep = sub.add_parser("sweep", help="run the prune_sweep flow locally: one teacher, several pruning ratios")
+    sweep.add_argument("--profile", default="cpu", help="smoke | cpu | gpu | path to a profile YAML")
+    sweep.add_argument("--ratios", default="0.75,0.5,0.25", help="comma-separated fractions of parameters kept")
+    sweep.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE", help="override a setting")
+    sweep.add_argument("--spider-dir", help="Spider-format folder (default $SPIDER_DIR, else the sample data)")
+    sweep.set_defaults(func=cmd_sweep)
 
     evaluate = sub.add_parser("eval", help="score a predictions file by execution accuracy")
     evaluate.add_argument("--spider-dir", help="Spider-format folder (default $SPIDER_DIR, else the sample data)")

@@ -10,10 +10,14 @@ Two objectives, chosen by FinetuneConfig.objective:
 
 The loop is accelerate-compatible; on several GPUs or machines the same module runs under accelerate:
 
-    accelerate launch --num_processes 4 -m sqlcopilot_core.finetune BASE_DIR SPIDER_DIR OUT_DIR --set batch_size=8
+    accelerate launch --multi_gpu --num_processes 4 -m sqlcopilot_core.finetune BASE SPIDER OUT --set batch_size=8
+    accelerate launch --multi_gpu --num_machines 2 --machine_rank R --main_process_ip HOST --num_processes 8 \
+        -m sqlcopilot_core.finetune BASE SPIDER OUT
+    ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 -m sqlcopilot_core.finetune BASE SPIDER OUT   # CPU, gloo
 
-Each process then trains on its own slice of every global batch (batch_size per process) and only the main process
-writes checkpoints and the model. A killed run started again with the same checkpoint folder resumes from its
+Each process trains on its own slice of every global batch (batch_size per process; gradients are averaged by DDP)
+and only the main process writes checkpoints, the model and metrics; the returned statistics count the main
+process's share of tokens and loss. A killed run started again with the same checkpoint folder resumes from its
 latest checkpoint and stops at the same total step count.
 """
 
@@ -468,7 +472,12 @@ def finetune(model, tokenizer, train_examples: list[Example], config: FinetuneCo
     Checkpoints go to `resume_dir` (default out_dir/checkpoint); when it already holds one, training resumes from
     it. Keep it outside an artifact folder that is renamed into place, so that a killed run can find it again.
     `on_metrics(step, metrics)` receives, every log_every steps and at the end, the means since the previous call
-    of loss, grad_norm, skipped_correct (per step) and tokens_per_s, plus lr, skipped_correct_total and epoch. `model` is trained in place (with LoRA, the merged model is what is saved).
+    of loss, grad_norm, skipped_correct (per step) and tokens_per_s, plus lr, skipped_correct_total and epoch.
+    `model` is trained in place (with LoRA, the merged model is what is saved).
+
+    Returns steps, examples_seen, epochs (fraction of the training set covered), train_tokens, tokens_per_s (this
+    segment), wall_s (all segments), final_loss, skipped_correct, stop_reason ('max_steps' | 'max_minutes'),
+    resumed_from_step, train_examples, skipped_too_long, trainable_parameters and parameters.
     """
     out_dir = Path(out_dir)
     run = setup(model, tokenizer, train_examples, config, Path(resume_dir) if resume_dir else out_dir / "checkpoint")

@@ -42,8 +42,12 @@ def model_device(model) -> torch.device:
 
 @torch.inference_mode()
 def greedy_generate_ids(model, prompt_ids: list[list[int]], max_new_tokens: int, eos_id: int, pad_id: int,
-                        stop_at_eos: bool = True) -> list[list[int]]:
-    """Greedy continuations (eos excluded) of one batch of token-id prompts, using the model's KV cache."""
+                        stop_at_eos: bool = True, stop_ids: frozenset[int] = frozenset()) -> list[list[int]]:
+    """Greedy continuations (eos excluded) of one batch of token-id prompts, using the model's KV cache.
+
+    A row also ends after a token of `stop_ids` (kept in its output): one that ends a statement, since only the
+    first statement is used, so a model that never says end-of-text does not decode to the length limit.
+    """
     if any(not p for p in prompt_ids):
         raise ValueError("greedy_generate_ids: every prompt needs at least one token")
     device = model_device(model)
@@ -59,6 +63,10 @@ def greedy_generate_ids(model, prompt_ids: list[list[int]], max_new_tokens: int,
                 break
         for row in (~done).nonzero().flatten().tolist():
             outputs[row].append(int(next_ids[row]))
+            if outputs[row][-1] in stop_ids:
+                done[row] = True
+        if stop_ids and bool(done.all()):
+            break
         if step == max_new_tokens - 1:
             break
         mask = torch.cat([mask, mask.new_ones((len(prompt_ids), 1))], dim=1)
@@ -66,6 +74,17 @@ def greedy_generate_ids(model, prompt_ids: list[list[int]], max_new_tokens: int,
         out = model(input_ids=next_ids[:, None], attention_mask=mask, position_ids=positions,
                     past_key_values=cache, use_cache=True)
     return outputs
+
+
+def statement_end_ids(tokenizer) -> frozenset[int]:
+    """Token ids whose text holds ';' or a blank line: where extract_sql cuts, so decoding further is wasted."""
+    cached = getattr(tokenizer, "_sqlcopilot_stop_ids", None)
+    if cached is None:
+        pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        texts = [tokenizer.convert_tokens_to_string([p]) if p is not None else "" for p in pieces]
+        cached = frozenset(i for i, text in enumerate(texts) if ";" in text or "\n\n" in text)
+        tokenizer._sqlcopilot_stop_ids = cached
+    return cached
 
 
 def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 8,
@@ -78,6 +97,7 @@ def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int, b
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     eos_id = tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    stop_ids = statement_end_ids(tokenizer)
     was_training = model.training
     model.eval()
     results: list[str] = [""] * len(prompts)
@@ -86,7 +106,7 @@ def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int, b
             for start in range(0, len(order), batch_size):
                 chunk = order[start:start + batch_size]
                 continuations = greedy_generate_ids(model, [encoded[i] for i in chunk], max_new_tokens, eos_id,
-                                                    pad_id)
+                                                    pad_id, stop_ids=stop_ids)
                 for i, tokens in zip(chunk, continuations):
                     results[i] = tokenizer.decode(tokens, skip_special_tokens=True)
                 bar.update(len(chunk))

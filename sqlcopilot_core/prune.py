@@ -225,8 +225,9 @@ def _geometry(model: LlamaForCausalLM) -> _Geometry:
     shapes = tuple((s["num_attention_heads"], s["num_key_value_heads"], s["intermediate_size"])
                    for s in layer_shapes(model))
     tied = model.lm_head.weight is model.model.embed_tokens.weight
-    geometry = _Geometry(vocab=model.model.embed_tokens.num_embeddings, head_dim=model.model.layers[0].self_attn.head_dim,
-                         hidden=model.model.embed_tokens.embedding_dim, shapes=shapes,
+    embedding = model.model.embed_tokens
+    geometry = _Geometry(vocab=embedding.num_embeddings, head_dim=model.model.layers[0].self_attn.head_dim,
+                         hidden=embedding.embedding_dim, shapes=shapes,
                          attention_bias=bool(config.attention_bias), mlp_bias=bool(config.mlp_bias), tied=tied,
                          hidden_step=config.num_attention_heads)
     counted = count_parameters(model)
@@ -285,12 +286,14 @@ class _AttentionCutter:
         self.head_scores, self.kv_scores, self.groups = [], [], []
         for index, (heads, kv_heads, _) in enumerate(geometry.shapes):
             prefix = f"model.layers.{index}.self_attn"
-            head = _row_blocks(saliency, f"{prefix}.q_proj", heads) + _column_blocks(saliency, f"{prefix}.o_proj", heads)
-            kv = _row_blocks(saliency, f"{prefix}.k_proj", kv_heads) + _row_blocks(saliency, f"{prefix}.v_proj", kv_heads)
-            per_group = heads // kv_heads
-            self.head_scores.append(head.reshape(kv_heads, per_group))
+            head = _row_blocks(saliency, f"{prefix}.q_proj", heads) + _column_blocks(saliency, f"{prefix}.o_proj",
+                                                                                      heads)
+            kv = (_row_blocks(saliency, f"{prefix}.k_proj", kv_heads)
+                  + _row_blocks(saliency, f"{prefix}.v_proj", kv_heads))
+            by_group = head.reshape(kv_heads, heads // kv_heads)
+            self.head_scores.append(by_group)
             self.kv_scores.append(kv)
-            self.groups.append({g: sorted(range(per_group), key=lambda j, g=g, h=head: -float(h[g * per_group + j]))
+            self.groups.append({g: torch.argsort(by_group[g], descending=True, stable=True).tolist()
                                 for g in range(kv_heads)})
 
     def shape(self, layer: int) -> tuple[int, int]:
@@ -394,7 +397,8 @@ def _plan_hidden(geometry: _Geometry, hidden: int, saliency: dict[str, torch.Ten
         for name, columns in (("self_attn.o_proj", query), ("mlp.down_proj", plan.mlp_channels)):
             total = total + saliency[f"{prefix}.{name}.weight"][:, columns].sum(1)
             total = total + saliency.get(f"{prefix}.{name}.bias", 0)
-        total = total + saliency[f"{prefix}.input_layernorm.weight"] + saliency[f"{prefix}.post_attention_layernorm.weight"]
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            total = total + saliency[f"{prefix}.{norm}.weight"]
     return sorted(total.topk(hidden).indices.tolist())
 
 
@@ -448,7 +452,8 @@ def _check_plan(model: LlamaForCausalLM, plan: PrunePlan) -> None:
             raise PruneError(f"layer {index}: plan keeps query heads {kept.query_heads} over key/value heads "
                              f"{kept.kv_heads}; every kept group needs the same number of its own query heads")
         if not kept.mlp_channels or max(kept.mlp_channels) >= layer.mlp.gate_proj.out_features:
-            raise PruneError(f"layer {index}: plan keeps MLP channels outside 0..{layer.mlp.gate_proj.out_features - 1}")
+            raise PruneError(f"layer {index}: plan keeps MLP channels outside "
+                             f"0..{layer.mlp.gate_proj.out_features - 1}")
 
 
 def _cut_attention(attn: nn.Module, kept: LayerPlan) -> None:
@@ -560,11 +565,11 @@ def check_shapes(model: LlamaForCausalLM) -> None:
                             f"num_key_value_groups {attn.num_key_value_groups}")
         if attn.v_proj.out_features != attn.k_proj.out_features or attn.o_proj.in_features != attn.q_proj.out_features:
             problems.append(f"{where}: v_proj out {attn.v_proj.out_features} / o_proj in {attn.o_proj.in_features}")
-        if mlp.up_proj.out_features != mlp.gate_proj.out_features or mlp.down_proj.in_features != mlp.gate_proj.out_features:
+        if not mlp.gate_proj.out_features == mlp.up_proj.out_features == mlp.down_proj.in_features:
             problems.append(f"{where}: gate/up/down widths {mlp.gate_proj.out_features}/{mlp.up_proj.out_features}/"
                             f"{mlp.down_proj.in_features}")
-        for name in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"):
-            linear = attn.get_submodule(name) if hasattr(attn, name) else mlp.get_submodule(name)
+        for name, linear in (("q_proj", attn.q_proj), ("k_proj", attn.k_proj), ("v_proj", attn.v_proj),
+                             ("gate_proj", mlp.gate_proj), ("up_proj", mlp.up_proj)):
             if linear.in_features != hidden:
                 problems.append(f"{where}: {name} reads {linear.in_features} channels, hidden is {hidden}")
         for name, linear in (("o_proj", attn.o_proj), ("down_proj", mlp.down_proj)):

@@ -24,7 +24,8 @@ class EvalConfig:
     split: str = "dev"
     """'dev' or 'train'."""
     limit: int | None = None
-    """Score only the first N examples of the split (None: all). CPU generation is slow; the profiles set this."""
+    """Score N examples spread evenly over the split (None: all); Spider files are grouped by database, so the
+    first N would cover one or two. CPU generation is slow; the profiles set this."""
     values_per_column: int = 0
     """Distinct sample values per column in the schema prompt."""
     max_schema_tokens: int | None = 768
@@ -61,8 +62,11 @@ def resolve_spider_dir(spider_dir: str | os.PathLike | None) -> Path:
 
 
 def eval_examples(config: EvalConfig) -> list[Example]:
+    """The examples every stage is scored on: the split, or `limit` of them at evenly spaced positions."""
     examples = load_split(resolve_spider_dir(config.spider_dir), config.split)
-    return examples[: config.limit] if config.limit else examples
+    if not config.limit or config.limit >= len(examples):
+        return examples
+    return [examples[i * len(examples) // config.limit] for i in range(config.limit)]
 
 
 def folder_size_mb(folder: Path, suffixes: tuple[str, ...] = (".safetensors", ".pt", ".bin")) -> float:

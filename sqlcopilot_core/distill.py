@@ -1,0 +1,550 @@
+"""Stage distill: train a pruned student to imitate the fine-tuned teacher, layer by layer (setup -> loss step ->
+train -> save).
+
+    python -m sqlcopilot_core.distill work/pruned work/finetuned ../shared/spider /tmp/distilled \
+        --set max_steps=40 steps_per_layer=5 batch_size=2
+
+Loss on a batch of (prompt, gold SQL) sequences, built with finetune's data pipeline (labels mask the prompt):
+
+    kl_weight * KL(teacher || student), both softmaxed at logits / temperature, times temperature^2,
+                on the gold SQL positions only (mean over each example's target tokens, then over the batch)
+  + hidden_weight * mean over the phase's mapped layers of MSE(student hidden_i, P_i(teacher hidden_map[i]))
+                on every real (non-padding) token
+  + ce_weight * cross-entropy of the student on the gold SQL (as finetune's sft)
+
+A layer's hidden state is the residual stream its decoder layer outputs (before the final norm). Student layer i is
+paired with teacher layer map[i] (DistillConfig.layer_map). P_i is the identity when both hidden widths are equal;
+after hidden-width pruning it is a learned linear map teacher width -> student width, one per student layer,
+initialised to select the teacher channels the student kept (recovered from the pruning's kept indices, or by
+matching embedding columns, which pruning copies unchanged), else a least-squares fit of the student embedding
+from the teacher's. The projections are trained with the student, checkpointed, and never saved with the model.
+
+Schedules (DistillConfig.schedule), with S student layers and N = steps_per_layer; step k counts from 0:
+- all: every step uses the whole loss above, hidden MSE averaged over all S mapped layers.
+- layerwise (the original SQL-Copilot's single-layer distillation): phase i (i = 0..S-1) is steps
+  [i*N, (i+1)*N) and its loss is hidden_weight * MSE of student layer i against teacher layer map[i] alone (layers
+  above i get no gradient; i and the layers below it, the embedding and P_i do); then the final phase, steps S*N up
+  to max_steps, uses kl_weight * KL + ce_weight * CE (no hidden term). The phase is a function of the step, so a
+  resumed run continues in the phase it was killed in. One AdamW and one warmup + linear-decay learning-rate
+  schedule span all phases.
+The teacher runs in eval mode under torch.inference_mode with every parameter frozen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+from tqdm.auto import tqdm
+
+from sqlcopilot_core.config import ConfigError, config_from_dict, config_to_dict
+from sqlcopilot_core.finetune import (MIN_PROMPT_TOKENS, Batch, TrainingData, check_resumable, collate, is_number,
+                                      select_examples)
+from sqlcopilot_core.modeling import count_parameters, layer_shapes, save_model
+from sqlcopilot_core.spider import Example
+from sqlcopilot_core.training import (MetricsWindow, TrainBudget, TrainState, adamw, example_stream,
+                                      latest_checkpoint, load_checkpoint, save_checkpoint, warmup_linear_decay)
+
+SCHEDULES = ("all", "layerwise")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Settings of the distill stage."""
+
+    kl_weight: float = 1.0
+    """Weight of KL(teacher || student) on the gold SQL positions (scaled by temperature^2)."""
+    temperature: float = 2.0
+    """Both models' logits are divided by this before the softmax of the KL term."""
+    hidden_weight: float = 1.0
+    """Weight of the mean squared error between mapped student and (projected) teacher hidden states."""
+    ce_weight: float = 0.5
+    """Weight of the student's cross-entropy on the gold SQL."""
+    schedule: str = "layerwise"
+    """'all' (every loss term at every step) or 'layerwise' (one layer's hidden MSE per phase of steps_per_layer
+    steps, in layer order, then a final KL + CE phase); see the module docstring."""
+    steps_per_layer: int = 10
+    """layerwise: optimizer steps spent on each student layer before moving to the next."""
+    layer_map: str | tuple[int, ...] = "uniform"
+    """Teacher layer paired with each student layer: 'uniform' maps student layer i (of S) to teacher layer
+    round_half_up((i + 1) * T / S) - 1 (of T), so the last layers pair up; or one teacher index per student layer."""
+    learning_rate: float = 1e-4
+    """Peak AdamW learning rate, reached after warmup_steps and decayed linearly to 0 at max_steps."""
+    warmup_steps: int = 10
+    """Optimizer steps of linear learning-rate warmup."""
+    max_steps: int = 100
+    """Optimizer steps in total, over every phase (a resumed run continues up to this count)."""
+    max_minutes: float | None = None
+    """Wall-clock training budget over all resumed segments; the run stops (and saves) when it is spent."""
+    batch_size: int = 4
+    """Examples per micro-batch."""
+    grad_accum_steps: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    max_seq_len: int = 512
+    """Longest training sequence in tokens; prompts are cut from the left so the SQL target always fits."""
+    train_limit: int | None = None
+    """Distill on a fixed random subset of this many training examples (chosen by seed; None = all)."""
+    seed: int = 0
+    """Seed of the subset, the data order and the random-number generators."""
+    max_grad_norm: float = 1.0
+    """Gradients (student and projections) are clipped to this global norm before each optimizer step."""
+    checkpoint_every: int = 50
+    """Write a resumable checkpoint every this many steps (0 = only at the end); one is always written at the end."""
+    log_every: int = 10
+    """Report metrics (loss and its parts, lr, tokens/s, phase) every this many steps."""
+    values_per_column: int = 0
+    """Sample values per column in the schema prompt (same meaning as at prediction time)."""
+    max_schema_tokens: int | None = 400
+    """Schema budget of the prompt in tokens (None = no limit beyond max_seq_len)."""
+    bf16_autocast: bool = False
+    """Run both models' forward passes under bfloat16 autocast (losses, weights and optimizer stay float32)."""
+
+    def __post_init__(self):
+        def need(condition: bool, message: str) -> None:
+            if not condition:
+                raise ConfigError(f"DistillConfig.{message}")
+
+        object.__setattr__(self, "layer_map", parse_layer_map(self.layer_map))
+        weights = {name: getattr(self, name) for name in ("kl_weight", "hidden_weight", "ce_weight")}
+        need(all(is_number(w) and w >= 0 for w in weights.values()), f"loss weights must be numbers >= 0, got {weights}")
+        need(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.schedule == "layerwise":
+            need(self.hidden_weight > 0 and self.kl_weight + self.ce_weight > 0,
+                 f"schedule 'layerwise' needs hidden_weight > 0 (layer phases) and kl_weight + ce_weight > 0 (final "
+                 f"phase), got {weights}")
+        need(sum(weights.values()) > 0, f"at least one loss weight must be > 0, got {weights}")
+        need(is_number(self.temperature) and self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        need(self.steps_per_layer >= 1, f"steps_per_layer must be >= 1, got {self.steps_per_layer}")
+        need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
+        need(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
+        need(0 <= self.warmup_steps < self.max_steps,
+             f"warmup_steps ({self.warmup_steps}) must be >= 0 and below max_steps ({self.max_steps})")
+        need(self.max_minutes is None or (is_number(self.max_minutes) and self.max_minutes > 0),
+             f"max_minutes must be a number > 0 or null, got {self.max_minutes!r}")
+        need(self.batch_size >= 1 and self.grad_accum_steps >= 1,
+             f"batch_size ({self.batch_size}) and grad_accum_steps ({self.grad_accum_steps}) must be >= 1")
+        need(self.max_seq_len > 2 * MIN_PROMPT_TOKENS, f"max_seq_len must be > {2 * MIN_PROMPT_TOKENS}, "
+                                                       f"got {self.max_seq_len}")
+        need(self.max_schema_tokens is None or (is_number(self.max_schema_tokens)
+                                                and 1 <= self.max_schema_tokens < self.max_seq_len),
+             f"max_schema_tokens ({self.max_schema_tokens}) must be >= 1 and below max_seq_len ({self.max_seq_len})")
+        need(self.train_limit is None or (is_number(self.train_limit) and self.train_limit >= 1),
+             f"train_limit must be >= 1 or null, got {self.train_limit!r}")
+        need(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+        need(self.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        need(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
+        need(self.values_per_column >= 0, f"values_per_column must be >= 0, got {self.values_per_column}")
+
+
+def parse_layer_map(value) -> str | tuple[int, ...]:
+    """'uniform', or teacher indices given as a tuple, a list or a comma-separated string (from --set)."""
+    if value == "uniform":
+        return value
+    if isinstance(value, str):
+        try:
+            value = [int(part) for part in value.split(",") if part.strip()]
+        except ValueError:
+            raise ConfigError(f"DistillConfig.layer_map must be 'uniform' or teacher layer indices, got {value!r}")
+    if not isinstance(value, (list, tuple)) or not value or not all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value):
+        raise ConfigError(f"DistillConfig.layer_map must be 'uniform' or a non-empty list of teacher layer indices "
+                          f">= 0, got {value!r}")
+    if any(b < a for a, b in zip(value, value[1:])):
+        raise ConfigError(f"DistillConfig.layer_map must not decrease (deeper student layers follow deeper teacher "
+                          f"layers), got {list(value)}")
+    return tuple(value)
+
+
+def resolve_layer_map(layer_map: str | tuple[int, ...], student_layers: int, teacher_layers: int) -> tuple[int, ...]:
+    """Teacher layer index of every student layer; 'uniform' spreads them evenly and pairs the two last layers."""
+    if layer_map == "uniform":
+        return tuple(math.floor((i + 1) * teacher_layers / student_layers + 0.5) - 1 for i in range(student_layers))
+    if len(layer_map) != student_layers or max(layer_map) >= teacher_layers:
+        raise ValueError(f"DistillConfig.layer_map {list(layer_map)} must give one teacher layer (0..{teacher_layers - 1}) "
+                         f"for each of the student's {student_layers} layers")
+    return tuple(layer_map)
+
+
+# ---- schedule ----
+
+@dataclass(frozen=True)
+class Phase:
+    """A run of steps with one loss: which student layers' hidden MSE counts, and whether KL + CE do."""
+
+    index: int
+    name: str
+    start_step: int
+    end_step: int | None
+    """First step of the next phase (None = runs to max_steps)."""
+    hidden_layers: tuple[int, ...]
+    logits: bool
+
+
+def distill_schedule(config: DistillConfig, student_layers: int) -> list[Phase]:
+    """The phases of a run in order (see the module docstring)."""
+    every_layer = tuple(range(student_layers))
+    if config.schedule == "all":
+        return [Phase(0, "all", 0, None, every_layer, True)]
+    n = config.steps_per_layer
+    layers = [Phase(i, f"layer {i}", i * n, (i + 1) * n, (i,), False) for i in every_layer]
+    return layers + [Phase(student_layers, "final", student_layers * n, None, (), True)]
+
+
+def phase_at(schedule: list[Phase], step: int) -> Phase:
+    """The phase that step `step` (counted from 0) trains in."""
+    return next(p for p in schedule if p.end_step is None or step < p.end_step)
+
+
+# ---- hidden-width projections ----
+
+class Distillation(nn.Module):
+    """What the optimizer trains and a checkpoint holds: the student and one teacher->student projection per
+    student layer (identity when the widths are equal)."""
+
+    def __init__(self, student: nn.Module, projections: list[nn.Module]):
+        super().__init__()
+        self.student = student
+        self.projections = nn.ModuleList(projections)
+
+
+def kept_channels_from_embeddings(teacher_embedding: torch.Tensor, student_embedding: torch.Tensor) -> list[int] | None:
+    """Teacher hidden channel each student channel was copied from, if every student embedding column equals a
+    distinct teacher column exactly (a freshly pruned student); else None."""
+    teacher_columns, student_columns = teacher_embedding.T.float(), student_embedding.T.float()
+    nearest = torch.cdist(student_columns, teacher_columns).argmin(1)
+    kept = nearest.tolist()
+    if len(set(kept)) != len(kept) or not torch.equal(teacher_columns[nearest], student_columns):
+        return None
+    return kept
+
+
+def initial_projection(teacher_embedding: torch.Tensor, student_embedding: torch.Tensor,
+                       kept: Sequence[int] | None = None) -> tuple[torch.Tensor, str]:
+    """(weight of shape student width x teacher width, how it was found): a channel selection when the kept
+    channels are given or can be recovered, else the least-squares map from teacher to student embeddings."""
+    student_width, teacher_width = student_embedding.shape[1], teacher_embedding.shape[1]
+    how = "kept_channels"
+    if kept is None:
+        kept = kept_channels_from_embeddings(teacher_embedding, student_embedding)
+        how = "matched_embedding_columns"
+    if kept is not None:
+        if len(kept) != student_width or max(kept) >= teacher_width:
+            raise ValueError(f"kept hidden channels: {len(kept)} indices for a student width of {student_width}, "
+                             f"largest {max(kept)} for a teacher width of {teacher_width}")
+        weight = torch.zeros(student_width, teacher_width)
+        weight[torch.arange(student_width), torch.tensor(list(kept))] = 1.0
+        return weight, how
+    solution = torch.linalg.lstsq(teacher_embedding.float(), student_embedding.float()).solution
+    return solution.T.contiguous(), "least_squares_embedding"
+
+
+def make_projections(student, teacher, kept_hidden_channels: Sequence[int] | None) -> tuple[list[nn.Module], dict]:
+    """One projection per student layer, all starting from the same map; and a description of it."""
+    teacher_width, student_width = teacher.config.hidden_size, student.config.hidden_size
+    layers = len(student.model.layers)
+    if teacher_width == student_width:
+        return [nn.Identity() for _ in range(layers)], {"projection": "identity", "projection_init": None}
+    weight, how = initial_projection(teacher.model.embed_tokens.weight.detach().cpu(),
+                                     student.model.embed_tokens.weight.detach().cpu(), kept_hidden_channels)
+    projections = []
+    for _ in range(layers):
+        linear = nn.Linear(teacher_width, student_width, bias=False)
+        with torch.no_grad():
+            linear.weight.copy_(weight)
+        projections.append(linear)
+    return projections, {"projection": "linear", "projection_init": how}
+
+
+def describe_mapping(student, teacher, layer_map: tuple[int, ...], projection: dict) -> dict[str, Any]:
+    """The layer and width pairing a run uses, for logs and stats."""
+    return {"student_layers": len(student.model.layers), "teacher_layers": len(teacher.model.layers),
+            "layer_map": {str(i): t for i, t in enumerate(layer_map)},
+            "student_hidden_size": student.config.hidden_size, "teacher_hidden_size": teacher.config.hidden_size,
+            **projection}
+
+
+# ---- loss ----
+
+class LayerOutputs:
+    """Within `with`: a dict filled, during forward passes, with the output hidden state of chosen decoder layers."""
+
+    def __init__(self, model, indices):
+        self.layers, self.indices, self.outputs, self.handles = model.model.layers, sorted(set(indices)), {}, []
+
+    def __enter__(self) -> dict[int, torch.Tensor]:
+        for index in self.indices:
+            self.handles.append(self.layers[index].register_forward_hook(self._recorder(index)))
+        return self.outputs
+
+    def _recorder(self, index: int):
+        def record(module, args, output):
+            self.outputs[index] = output[0] if isinstance(output, tuple) else output
+        return record
+
+    def __exit__(self, *exc_info) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def per_example_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` over each row's masked-in positions, then over the rows (as finetune's sft loss)."""
+    mask = mask.to(values.dtype)
+    return ((values * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
+
+
+def model_inputs(batch: Batch) -> dict[str, Any]:
+    return dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                logits_to_keep=batch.keep, use_cache=False)
+
+
+def teacher_outputs(teacher, batch: Batch, layers: Sequence[int], autocast) -> tuple[torch.Tensor, dict]:
+    """Teacher logits at the target positions and hidden states of `layers`, as float32 tensors autograd accepts."""
+    with torch.inference_mode(), autocast(), LayerOutputs(teacher, layers) as hidden:
+        logits = teacher(**model_inputs(batch)).logits[:, :-1]
+    # inference-mode tensors cannot be saved for backward; clones made outside inference mode can
+    return logits.float().clone(), {i: h.float().clone() for i, h in hidden.items()}
+
+
+def loss_parts(run: DistillRun, batch: Batch) -> dict[str, Any]:
+    """KL and CE on the SQL positions and each student layer's hidden MSE against its projected teacher layer."""
+    student = run.modules.student
+    teacher_logits, teacher_hidden = teacher_outputs(run.teacher, batch, run.layer_map, run.autocast)
+    with run.autocast(), LayerOutputs(student, range(len(run.layer_map))) as hidden:
+        logits = student(**model_inputs(batch)).logits[:, :-1].float()
+    labels = batch.labels[:, -(batch.keep - 1):]
+    targets = labels != -100
+    t = run.config.temperature
+    student_log_p, teacher_log_p = F.log_softmax(logits / t, -1), F.log_softmax(teacher_logits / t, -1)
+    kl = (teacher_log_p.exp() * (teacher_log_p - student_log_p)).sum(-1)
+    ce = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    real = batch.attention_mask.bool()
+    hidden_mse = [per_example_mean((hidden[i].float() - run.modules.projections[i](teacher_hidden[j])).pow(2).mean(-1),
+                                   real) for i, j in enumerate(run.layer_map)]
+    return {"kl": per_example_mean(kl, targets) * t * t, "ce": per_example_mean(ce, targets),
+            "hidden_by_layer": hidden_mse}
+
+
+def phase_loss(parts: dict[str, Any], phase: Phase, config: DistillConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the loss this phase optimizes, its unweighted hidden term)."""
+    if phase.hidden_layers:
+        hidden = torch.stack([parts["hidden_by_layer"][i] for i in phase.hidden_layers]).mean()
+    else:
+        hidden = torch.zeros((), device=parts["kl"].device)
+    loss = config.hidden_weight * hidden
+    if phase.logits:
+        loss = loss + config.kl_weight * parts["kl"] + config.ce_weight * parts["ce"]
+    return loss, hidden
+
+
+# ---- the run ----
+
+@dataclass
+class DistillRun:
+    """What setup() builds and the loop advances."""
+
+    config: DistillConfig
+    tokenizer: Any
+    modules: Distillation
+    teacher: nn.Module
+    layer_map: tuple[int, ...]
+    mapping: dict[str, Any]
+    schedule: list[Phase]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    data: TrainingData
+    state: TrainState
+    checkpoint_root: Path
+    resumed_from_step: int = 0
+
+    def autocast(self):
+        device = next(self.modules.parameters()).device
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.config.bf16_autocast)
+
+
+def check_pair(student, teacher) -> None:
+    """Refuse a teacher/student pair distillation cannot relate (vocabulary, device)."""
+    student_vocab, teacher_vocab = student.model.embed_tokens.num_embeddings, teacher.model.embed_tokens.num_embeddings
+    if student_vocab != teacher_vocab:
+        raise ValueError(f"distill: student vocabulary {student_vocab} != teacher vocabulary {teacher_vocab}; the "
+                         f"student must be pruned from the teacher (same tokenizer)")
+    student_device, teacher_device = next(student.parameters()).device, next(teacher.parameters()).device
+    if student_device != teacher_device:
+        raise ValueError(f"distill: student on {student_device}, teacher on {teacher_device}; move both to one device")
+
+
+def recorded_config(config: DistillConfig, data: TrainingData, mapping: dict[str, Any], student) -> dict[str, Any]:
+    """What a checkpoint must agree with to be resumed: the config and the pairing it trained."""
+    return {**config_to_dict(config), "train_examples": len(data), "layer_map_resolved": mapping["layer_map"],
+            "student_layer_shapes": layer_shapes(student), "student_hidden_size": mapping["student_hidden_size"]}
+
+
+def setup(student, teacher, tokenizer, train_examples: list[Example], config: DistillConfig, checkpoint_root: Path,
+          kept_hidden_channels: Sequence[int] | None = None) -> DistillRun:
+    """Frozen teacher, student + projections, AdamW, schedule, data and state, resumed from the latest checkpoint."""
+    check_pair(student, teacher)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    data = TrainingData(select_examples(train_examples, config), tokenizer, config)
+    layer_map = resolve_layer_map(config.layer_map, len(student.model.layers), len(teacher.model.layers))
+    schedule = distill_schedule(config, len(layer_map))
+    if config.schedule == "layerwise" and config.max_steps <= schedule[-1].start_step:
+        raise ValueError(f"DistillConfig.max_steps ({config.max_steps}) must exceed steps_per_layer x student layers "
+                         f"({config.steps_per_layer} x {len(layer_map)} = {schedule[-1].start_step}) so that the "
+                         f"final KL + CE phase runs")
+    teacher.eval().requires_grad_(False)
+    projections, projection = make_projections(student, teacher, kept_hidden_channels)
+    modules = Distillation(student.requires_grad_(True), projections).to(next(student.parameters()).device).train()
+    optimizer = adamw(modules, config.learning_rate, weight_decay=0.0)
+    scheduler = warmup_linear_decay(optimizer, config.warmup_steps, config.max_steps)
+    mapping = describe_mapping(student, teacher, layer_map, projection)
+    run = DistillRun(config, tokenizer, modules, teacher, layer_map, mapping, schedule, optimizer, scheduler, data,
+                     TrainState(), Path(checkpoint_root))
+    checkpoint = latest_checkpoint(checkpoint_root)
+    if checkpoint is not None:
+        check_resumable(checkpoint, recorded_config(config, data, mapping, student))
+        run.state = load_checkpoint(checkpoint, modules, optimizer, scheduler)
+        run.resumed_from_step = run.state.step
+    return run
+
+
+def next_micro_batch(run: DistillRun, stream) -> Batch:
+    indices = [next(stream) for _ in range(run.config.batch_size)]
+    run.state.examples_seen += len(indices)
+    pad_id = run.tokenizer.pad_token_id if run.tokenizer.pad_token_id is not None else run.tokenizer.eos_token_id
+    device = next(run.modules.parameters()).device
+    return collate([run.data.encode(i) for i in indices], pad_id).to(device)
+
+
+def train_step(run: DistillRun, stream, phase: Phase) -> dict[str, float]:
+    """One optimizer step over grad_accum_steps micro-batches with `phase`'s loss; returns its parts and counts."""
+    accum = run.config.grad_accum_steps
+    sums = {"loss": 0.0, "kl": 0.0, "ce": 0.0, "hidden": 0.0, "hidden_active": 0.0}
+    tokens = 0
+    for _ in range(accum):
+        batch = next_micro_batch(run, stream)
+        parts = loss_parts(run, batch)
+        loss, hidden_active = phase_loss(parts, phase, run.config)
+        (loss / accum).backward()
+        values = {"loss": loss, "kl": parts["kl"], "ce": parts["ce"], "hidden_active": hidden_active,
+                  "hidden": torch.stack(parts["hidden_by_layer"]).mean()}
+        for name, value in values.items():
+            sums[name] += float(value.detach()) / accum
+        tokens += int(batch.attention_mask.sum())
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.modules.parameters(), run.config.max_grad_norm)
+    lr = run.scheduler.get_last_lr()[0]
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return {**sums, "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens}
+
+
+def write_checkpoint(run: DistillRun) -> None:
+    save_checkpoint(run.checkpoint_root, run.modules, run.optimizer, run.scheduler, run.state,
+                    recorded_config(run.config, run.data, run.mapping, run.modules.student))
+
+
+def train(run: DistillRun, on_metrics: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+    """Step until max_steps or the wall-clock budget, checkpointing every checkpoint_every steps and at the end."""
+    config, state = run.config, run.state
+    budget = TrainBudget(config.max_steps, config.max_minutes, spent_s=state.wall_s)
+    stream = example_stream(len(run.data), config.seed, start=state.examples_seen)
+    window, segment, last = MetricsWindow(), MetricsWindow(), {}
+    with tqdm(total=config.max_steps, initial=state.step, desc="distill", unit="step") as bar:
+        while (stop_reason := budget.stop_reason(state.step)) is None:
+            phase = phase_at(run.schedule, state.step)
+            last = train_step(run, stream, phase)
+            state.step += 1
+            state.train_tokens += last["tokens"]
+            state.counters["phase"] = phase.index
+            state.wall_s = budget.elapsed_s
+            window.add(last["tokens"], **{k: last[k] for k in ("loss", "kl", "ce", "hidden", "hidden_active",
+                                                               "grad_norm")})
+            segment.add(last["tokens"])
+            bar.update(1)
+            bar.set_postfix(phase=phase.name, loss=f"{last['loss']:.3f}", lr=f"{last['lr']:.2e}")
+            if config.checkpoint_every and state.step % config.checkpoint_every == 0:
+                write_checkpoint(run)
+            if state.step % config.log_every == 0:
+                report(run, window, last["lr"], phase, on_metrics)
+    if window.steps:
+        report(run, window, last["lr"], phase_at(run.schedule, state.step - 1), on_metrics)
+    if last and (not config.checkpoint_every or state.step % config.checkpoint_every):
+        write_checkpoint(run)
+    return {"steps": state.step, "examples_seen": state.examples_seen,
+            "epochs": state.examples_seen / len(run.data), "train_tokens": state.train_tokens,
+            "tokens_per_s": segment.pop()["tokens_per_s"], "wall_s": state.wall_s,
+            "final_loss": last.get("loss"), "final_kl": last.get("kl"), "final_ce": last.get("ce"),
+            "final_hidden": last.get("hidden"), "stop_reason": stop_reason,
+            "resumed_from_step": run.resumed_from_step, "final_phase": phase_at(run.schedule, state.step - 1).name,
+            "train_examples": len(run.data), "skipped_too_long": len(run.data.too_long),
+            "mapping": run.mapping, "schedule": [vars(p) | {"hidden_layers": list(p.hidden_layers)}
+                                                 for p in run.schedule]}
+
+
+def report(run: DistillRun, window: MetricsWindow, lr: float, phase: Phase, on_metrics) -> None:
+    """Send the window's means (loss, kl, ce, hidden, hidden_active, grad_norm, tokens_per_s) plus lr, epoch and the
+    index of the phase of the latest step to on_metrics."""
+    metrics = {**window.pop(), "lr": lr, "epoch": run.state.examples_seen / len(run.data), "phase": phase.index}
+    if on_metrics is not None:
+        on_metrics(run.state.step, metrics)
+
+
+def distill(student, teacher, tokenizer, train_examples: list[Example], config: DistillConfig, out_dir: str | Path,
+            resume_dir: str | Path | None = None, on_metrics: Callable[[int, dict], None] | None = None, *,
+            kept_hidden_channels: Sequence[int] | None = None) -> dict[str, Any]:
+    """Distill `teacher` into `student` (trained in place) on `train_examples`; save the student to `out_dir`.
+
+    Checkpoints (student + projections + optimizer + data position; the phase follows from the step) go to
+    `resume_dir` (default out_dir/checkpoint); when it already holds one, training resumes from it and stops at the
+    same total step count. `on_metrics(step, metrics)` receives, every log_every steps and at the end, the means
+    since the previous call of loss (the optimized one), kl, ce, hidden (all mapped layers), hidden_active (the
+    phase's hidden term), grad_norm and tokens_per_s, plus lr, epoch and phase (an index into stats['schedule']).
+    `kept_hidden_channels`: the teacher hidden channels the pruning kept, in order, when known; otherwise they are
+    recovered from the embeddings. Returns statistics including 'mapping' (layer and width pairing) and 'schedule'.
+    """
+    out_dir = Path(out_dir)
+    run = setup(student, teacher, tokenizer, train_examples, config,
+                Path(resume_dir) if resume_dir else out_dir / "checkpoint", kept_hidden_channels)
+    stats = train(run, on_metrics)
+    save_model(run.modules.student.eval(), tokenizer, out_dir)
+    stats.update(parameters=count_parameters(run.modules.student), teacher_parameters=count_parameters(teacher))
+    return stats
+
+
+def main(argv: list[str] | None = None) -> None:
+    from sqlcopilot_core.modeling import load_model
+    from sqlcopilot_core.spider import load_split
+
+    parser = argparse.ArgumentParser(description="Distill a fine-tuned teacher into a pruned student on Spider train.")
+    parser.add_argument("student_dir", help="pruned student model folder (modeling.load_model reads it)")
+    parser.add_argument("teacher_dir", help="fine-tuned teacher model folder")
+    parser.add_argument("spider_dir", help="Spider-format folder (train_spider.json, database/...)")
+    parser.add_argument("out_dir", help="where the distilled student folder is written")
+    parser.add_argument("--resume-dir", help="checkpoint folder (default OUT_DIR/checkpoint); resumed if present")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="DistillConfig overrides, values read as YAML (e.g. schedule=all layer_map=[1,3])")
+    args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)
+    config = config_from_dict(DistillConfig, overrides)
+    student, tokenizer = load_model(args.student_dir)
+    teacher, _ = load_model(args.teacher_dir)
+    stats = distill(student, teacher, tokenizer, load_split(args.spider_dir, "train"), config, args.out_dir,
+                    args.resume_dir, on_metrics=lambda step, metrics: print(f"step {step}: {metrics}"))
+    print(stats)
+
+
+if __name__ == "__main__":
+    main()
