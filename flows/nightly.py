@@ -17,7 +17,7 @@ from tasks.registry import compare_with_references, resolve_registered_model, sc
 
 
 @flow(name="nightly-eval")
-def nightly_eval(model_name: str = "sqlcopilot", version_or_alias: str = "champion", profile: str = "smoke",
+def nightly_eval(model_name: str = "sqlcopilot", version_or_alias: str | int = "champion", profile: str = "smoke",
                  tolerance: float = 0.02, overrides: list[str] | None = None,
                  spider_dir: str | None = None) -> dict[str, Any]:
     """Score the registered version; raise when ex drops by more than `tolerance` vs registration or last night."""

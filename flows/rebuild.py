@@ -11,27 +11,32 @@ from prefect import flow
 
 from sqlcopilot_core import tracking
 from flows.settings import resolve_settings
+from tasks.distill import distill
 from tasks.download_base import download_base
 from tasks.evaluate import gold_check
 from tasks.finetune import finetune
+from tasks.prune import prune
 
 
 @flow(name="full-rebuild")
 def full_rebuild(profile: str = "smoke", overrides: list[str] | None = None,
                  spider_dir: str | None = None) -> dict[str, Any]:
-    """download_base -> finetune, every stage a cached artifact with its score in a nested MLflow run."""
+    """download_base -> finetune -> prune -> distill, every stage a cached artifact with its score in a nested MLflow run."""
     settings = resolve_settings(profile, overrides or [], spider_dir)
     run_id = tracking.start_run("full-rebuild", settings, tags={"flow": "full-rebuild", "profile": profile})
     try:
         evaluate = settings["evaluate"]
         gold = gold_check(evaluate, run_id)
         base = download_base(settings["download_base"], evaluate, run_id)
-        tuned = finetune(settings["finetune"], base, settings["spider_dir"], evaluate, run_id)
+        folder = settings["spider_dir"]
+        tuned = finetune(settings["finetune"], base, folder, evaluate, run_id)
+        pruned = prune(settings.get("prune", {}), tuned, folder, evaluate, run_id)
+        student = distill(settings.get("distill", {}), pruned, tuned, folder, evaluate, run_id)
     except BaseException:
         tracking.end_run(run_id, "FAILED")
         raise
     tracking.end_run(run_id)
-    stages = {"download_base": base, "finetune": tuned}
+    stages = {"download_base": base, "finetune": tuned, "prune": pruned, "distill": student}
     return {"mlflow_run_id": run_id, "gold_ex": gold["ex"],
             "artifacts": {name: str(a.path) for name, a in stages.items()},
             "keys": {name: a.key for name, a in stages.items()}}

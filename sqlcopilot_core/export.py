@@ -98,8 +98,8 @@ def export_model(model_dir: str | Path, out_dir: str | Path, config: ExportConfi
         "tokenizer_files": tokenizer_files, "config": config_to_dict(config),
         "source_model": str(model_dir), "torch_version": torch.__version__, "parity": parity,
     }
-    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     _enforce_parity(parity, config, out_dir)
+    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
@@ -283,7 +283,10 @@ def _enforce_parity(parity: dict, config: ExportConfig, out_dir: Path) -> None:
     if config.dtype == "float32" and parity["greedy_identical"] != parity["prompts"]:
         problems.append(f"greedy tokens differ from transformers at positions {parity['first_divergence']}")
     if problems:
-        raise ExportError(f"{out_dir}: exported graph does not match transformers: {'; '.join(problems)}")
+        # No manifest.json, so nothing loads this folder; the findings stay for a reader.
+        (out_dir / "parity_failure.json").write_text(json.dumps(parity, indent=2) + "\n")
+        raise ExportError(f"{out_dir}: exported graph does not match transformers: {'; '.join(problems)} "
+                          "(details in parity_failure.json)")
 
 
 def _main() -> None:

@@ -25,6 +25,7 @@ MODEL_NAME = "sqlcopilot"
 CANDIDATE, CHAMPION = "candidate", "champion"
 # Scores copied onto every version as tags: the registry is where an operator compares versions at a glance.
 SCORE_TAGS = (*tracking.MODEL_METRICS, "n")
+COUNT_TAGS = ("params", "n")
 SOURCE_PATH = "model"
 NIGHTLY_RUN = "nightly-eval"
 
@@ -70,7 +71,9 @@ def produced_run_metrics(artifact: Artifact) -> dict[str, float]:
 
 
 def version_tags(artifact: Artifact, stage_keys: dict[str, str], scores: dict[str, Any]) -> dict[str, str]:
-    tags = {name: str(scores[name]) for name in SCORE_TAGS if name in scores}
+    # MLflow hands metrics back as floats: counts are tagged as integers (params=184992, not 184992.0)
+    tags = {name: str(int(scores[name]) if name in COUNT_TAGS else scores[name]) for name in SCORE_TAGS
+            if name in scores}
     tags.update({f"key.{stage}": key for stage, key in stage_keys.items()})
     tags.update({"artifact_path": str(artifact.path), "artifact_stage": artifact.stage,
                  "artifact_key": artifact.key})
@@ -200,12 +203,12 @@ class Comparison:
         return self.change < -tolerance - 1e-9
 
     def message(self) -> str:
-        return (f"ex dropped from {self.reference_ex:.4f} ({self.reference}) to {self.nightly_ex:.4f} (nightly), "
-                f"change {self.change:+.4f}")
+        return (f"ex dropped from {self.reference_ex:.4f} at {self.reference} to {self.nightly_ex:.4f} tonight "
+                f"(change {self.change:+.4f})")
 
 
 def regression_messages(comparisons: list[Comparison], tolerance: float) -> list[str]:
-    return [f"{c.message()} exceeds tolerance {tolerance}" for c in comparisons if c.regressed(tolerance)]
+    return [f"{c.message()}, more than the tolerance {tolerance}" for c in comparisons if c.regressed(tolerance)]
 
 
 def comparison_markdown(title: str, comparisons: list[Comparison], tolerance: float,
@@ -220,10 +223,17 @@ def comparison_markdown(title: str, comparisons: list[Comparison], tolerance: fl
         lines.append("| (no reference) | | | | |")
     lines += ["", "| metric | registered | nightly |", "|---|---|---|"]
     for name in SCORE_TAGS:
-        value = nightly.get(name)
-        shown = f"{value:g}" if isinstance(value, (int, float)) and math.isfinite(value) else "-"
-        lines.append(f"| {name} | {registered.get(name, '-')} | {shown} |")
+        lines.append(f"| {name} | {shown(registered.get(name))} | {shown(nightly.get(name))} |")
     return "\n".join(lines) + "\n"
+
+
+def shown(value: Any) -> str:
+    """A number as a table cell (6 significant digits), '-' when absent."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "-"
+    return f"{number:.6g}" if math.isfinite(number) else "-"
 
 
 def main(argv: list[str]) -> None:

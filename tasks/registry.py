@@ -34,7 +34,7 @@ def register_model(final_artifact: Artifact, stage_keys: dict[str, str], parent_
 
 
 @task(name="resolve_registered_model", cache_policy=NO_CACHE)
-def resolve_registered_model(model_name: str, version_or_alias: str) -> tuple[dict[str, Any], Artifact]:
+def resolve_registered_model(model_name: str, version_or_alias: str | int) -> tuple[dict[str, Any], Artifact]:
     """The version's number and tags, and its artifact verified file by file."""
     version = registry.get_version(model_name, version_or_alias)
     artifact = registry.version_artifact(version)
@@ -72,12 +72,12 @@ def compare_with_references(version: dict[str, Any], metrics: dict[str, Any], ev
                             tolerance: float, run_id: str) -> dict[str, Any]:
     """ex against the registration score and the previous passing nightly; a Markdown report in Prefect."""
     name, number = version["name"], version["version"]
-    comparisons = [registry.Comparison(f"registration (version {number})", float(version["tags"]["ex"]),
+    comparisons = [registry.Comparison(f"registration of version {number}", float(version["tags"]["ex"]),
                                        float(metrics["ex"]))]
     previous = registry.previous_nightly(name, registry.eval_key(eval_settings))
     if previous is not None and "ex" in previous.data.metrics:
         comparisons.append(registry.Comparison(
-            f"previous nightly (version {previous.data.tags.get('model_version')}, run {previous.info.run_id[:8]})",
+            f"the previous nightly (run {previous.info.run_id[:8]}, version {previous.data.tags.get('model_version')})",
             previous.data.metrics["ex"], float(metrics["ex"])))
     regressions = registry.regression_messages(comparisons, tolerance)
     markdown = registry.comparison_markdown(f"nightly-eval: {name} version {number}", comparisons, tolerance,

@@ -62,18 +62,19 @@ def run_stage(stage: str, config: dict[str, Any], upstream: dict[str, Artifact],
     if hit is not None:
         log.info(f"{stage}: cache hit {hit.path}")
         run_id = tracking.start_run(stage, config, parent_run_id, {**tags, "cache_hit": "true"})
-        tracking.log_metrics(run_id, {**hit.metrics, **scored(hit, score, eval_config, run_id)})
+        metrics = {**hit.metrics, **scored(stage, key, hit.path, score, eval_config, run_id)}
+        tracking.log_metrics(run_id, metrics)
         tracking.end_run(run_id)
-        return hit
+        return Artifact(hit.path, {**hit.manifest, "metrics": metrics})
     log.info(f"{stage}: producing {artifacts.path(stage, key)}")
     run_id = tracking.start_run(stage, config, parent_run_id, {**tags, "cache_hit": "false"})
     staging = artifacts.staging(stage, key)
     checkpoints = artifacts.root / stage / f".checkpoints-{key}"
     try:
         metrics = produce(staging, checkpoints, run_id)
+        metrics = {**metrics, **scored(stage, key, staging, score, eval_config, run_id)}
         artifact = artifacts.commit(staging, stage=stage, key=key, config=config, upstream=upstream_keys,
                                     version=version, metrics=metrics, mlflow_run_id=run_id)
-        metrics = {**metrics, **scored(artifact, score, eval_config, run_id)}
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         tracking.set_tags(run_id, {"error": "".join(traceback.format_exception_only(exc)).strip()[:5000]})
@@ -86,22 +87,24 @@ def run_stage(stage: str, config: dict[str, Any], upstream: dict[str, Artifact],
     return artifact
 
 
-def scored(model: Artifact, score: Scorer | None, eval_config: dict[str, Any] | None, run_id: str) -> dict[str, Any]:
-    """The model's score under `eval_config`: a cached 'score' artifact, or scored now and committed as one."""
+def scored(stage: str, key: str, model_dir: Path, score: Scorer | None, eval_config: dict[str, Any] | None,
+           run_id: str) -> dict[str, Any]:
+    """The score of model (stage, key) under `eval_config`: a cached 'score' artifact, or scored now and committed
+    as one. A freshly produced model is scored from its staging folder, so its manifest carries its metrics."""
     if score is None:
         return {}
     artifacts = store()
     version = code_version(*SCORE_MODULES)
-    key = cache_key("score", eval_config or {}, {model.stage: model.key}, version)
-    hit = artifacts.lookup("score", key)
+    score_key = cache_key("score", eval_config or {}, {stage: key}, version)
+    hit = artifacts.lookup("score", score_key)
     if hit is not None:
         return hit.metrics
-    logger().info(f"{model.stage}: scoring {model.path}")
-    staging = artifacts.staging("score", key)
+    logger().info(f"{stage}: scoring {model_dir}")
+    staging = artifacts.staging("score", score_key)
     try:
-        metrics = score(model.path, staging)
-        artifact = artifacts.commit(staging, stage="score", key=key, config=eval_config or {},
-                                    upstream={model.stage: model.key}, version=version, metrics=metrics,
+        metrics = score(model_dir, staging)
+        artifact = artifacts.commit(staging, stage="score", key=score_key, config=eval_config or {},
+                                    upstream={stage: key}, version=version, metrics=metrics,
                                     mlflow_run_id=run_id)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

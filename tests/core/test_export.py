@@ -175,3 +175,11 @@ def test_export_refuses_bad_settings(model_dir, exported_dir, tmp_path):
         Decoder.from_hf(load_model(model_dir)[0], max_seq_len=10_000)
     with pytest.raises(ValueError, match="max_seq_len"):
         load_exported(exported_dir).generate_exported(list(range(96)), 4)
+
+
+def test_failed_parity_leaves_no_loadable_export(model_dir, tmp_path):
+    strict = ExportConfig(max_seq_len=64, max_logit_diff=0.0)  # float32 kernels differ from transformers' by ~1e-6
+    with pytest.raises(ExportError, match="largest logit difference .* exceeds 0"):
+        export_model(model_dir, tmp_path / "strict", strict, PROMPTS[:1])
+    assert not (tmp_path / "strict" / "manifest.json").exists()
+    assert json.loads((tmp_path / "strict" / "parity_failure.json").read_text())["prompts"] == 1

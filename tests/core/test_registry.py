@@ -102,19 +102,19 @@ def test_version_artifact_follows_a_moved_store_and_refuses_a_corrupt_one(work_h
 
 
 def test_regression_only_beyond_tolerance_and_message_names_metric_and_values():
-    within = registry.Comparison("registration (version 1)", 0.5, 0.48)
-    beyond = registry.Comparison("previous nightly", 0.5, 0.47)
+    within = registry.Comparison("registration of version 1", 0.5, 0.48)
+    beyond = registry.Comparison("the previous nightly", 0.5, 0.47)
     assert registry.regression_messages([within], 0.02) == []
     [message] = registry.regression_messages([within, beyond], 0.02)
-    assert message.startswith("ex dropped from 0.5000 (previous nightly) to 0.4700 (nightly)")
-    assert "tolerance 0.02" in message
+    assert message == ("ex dropped from 0.5000 at the previous nightly to 0.4700 tonight (change -0.0300), "
+                       "more than the tolerance 0.02")
     assert registry.Comparison("x", 0.5, 0.9).regressed(0.0) is False
 
 
 def test_markdown_report_has_one_row_per_reference_and_metric():
-    text = registry.comparison_markdown("nightly", [registry.Comparison("registration (version 2)", 0.9, 0.5)],
+    text = registry.comparison_markdown("nightly", [registry.Comparison("registration of version 2", 0.9, 0.5)],
                                         0.02, {"ex": 0.5, "params": 1000}, {"ex": "0.9", "params": "1000"})
-    assert "| registration (version 2) | 0.9000 | 0.5000 | -0.4000 | REGRESSION |" in text
+    assert "| registration of version 2 | 0.9000 | 0.5000 | -0.4000 | REGRESSION |" in text
     assert "| params | 1000 | 1000 |" in text and "| size_mb | - | - |" in text
 
 

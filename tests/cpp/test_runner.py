@@ -140,3 +140,9 @@ def test_source_hash_follows_sources(tmp_path):
 def test_build_names_a_folder_without_cmakelists(tmp_path):
     with pytest.raises(BuildError, match="no CMakeLists.txt"):
         build_runner(tmp_path, tmp_path / "build")
+
+
+def test_build_says_what_to_install_when_tools_are_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(BuildError, match="cmake .*not on PATH.*re-run the build stage"):
+        build_runner(CPP_DIR, tmp_path / "build")

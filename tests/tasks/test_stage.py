@@ -28,7 +28,7 @@ def test_cache_hit_and_separate_score_cache(work_home):
     produced, scored = [], []
     first = run_stage("finetune", {"lr": 1}, {}, ("modeling",), producer(produced), score=scorer(scored),
                       eval_config={"limit": 5})
-    assert first.metrics == {"train_steps": 3} and len(produced) == 1 and len(scored) == 1
+    assert first.metrics == {"train_steps": 3, "ex": 0.5, "params": 10} and len(produced) == 1 and len(scored) == 1
     again = run_stage("finetune", {"lr": 1}, {}, ("modeling",), producer(produced), score=scorer(scored),
                       eval_config={"limit": 5})
     assert again.key == first.key and len(produced) == 1 and len(scored) == 1
