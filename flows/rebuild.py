@@ -11,9 +11,11 @@ from prefect import flow
 
 from sqlcopilot_core import tracking
 from flows.settings import resolve_settings
+from tasks.build import build
 from tasks.distill import distill
 from tasks.download_base import download_base
 from tasks.evaluate import gold_check
+from tasks.export import export
 from tasks.finetune import finetune
 from tasks.prune import prune
 
@@ -21,7 +23,7 @@ from tasks.prune import prune
 @flow(name="full-rebuild")
 def full_rebuild(profile: str = "smoke", overrides: list[str] | None = None,
                  spider_dir: str | None = None) -> dict[str, Any]:
-    """download_base -> finetune -> prune -> distill, every stage a cached artifact with its score in a nested MLflow run."""
+    """download_base -> finetune -> prune -> distill -> export -> build, every stage a cached artifact with its score in a nested MLflow run."""
     settings = resolve_settings(profile, overrides or [], spider_dir)
     run_id = tracking.start_run("full-rebuild", settings, tags={"flow": "full-rebuild", "profile": profile})
     try:
@@ -32,11 +34,14 @@ def full_rebuild(profile: str = "smoke", overrides: list[str] | None = None,
         tuned = finetune(settings["finetune"], base, folder, evaluate, run_id)
         pruned = prune(settings.get("prune", {}), tuned, folder, evaluate, run_id)
         student = distill(settings.get("distill", {}), pruned, tuned, folder, evaluate, run_id)
+        exported = export(settings.get("export", {}), student, evaluate, run_id)
+        runner = build(settings.get("build", {}), exported, evaluate, run_id)
     except BaseException:
         tracking.end_run(run_id, "FAILED")
         raise
     tracking.end_run(run_id)
-    stages = {"download_base": base, "finetune": tuned, "prune": pruned, "distill": student}
+    stages = {"download_base": base, "finetune": tuned, "prune": pruned, "distill": student,
+              "export": exported, "build": runner}
     return {"mlflow_run_id": run_id, "gold_ex": gold["ex"],
             "artifacts": {name: str(a.path) for name, a in stages.items()},
             "keys": {name: a.key for name, a in stages.items()}}

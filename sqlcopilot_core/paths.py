@@ -27,3 +27,8 @@ def tracking_uri() -> str:
 def sample_data_dir() -> Path:
     """Where the embedded sample dataset is built (it is made by code, never committed as files)."""
     return work_dir() / "sample_spider"
+
+
+def build_dir() -> Path:
+    """Where cmake builds the C++ runner: $SQLCOPILOT_BUILD_DIR, else <work>/build (kept between runs)."""
+    return Path(os.environ.get("SQLCOPILOT_BUILD_DIR", work_dir() / "build")).resolve()

@@ -11,6 +11,14 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_SPIDER = Path(os.environ.get("SPIDER_DIR", REPO.parent / "shared" / "spider"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_cpp_build(tmp_path_factory):
+    """One cmake build folder for the whole session (incremental after the first build), unless set outside."""
+    if not os.environ.get("SQLCOPILOT_BUILD_DIR"):
+        os.environ["SQLCOPILOT_BUILD_DIR"] = str(tmp_path_factory.mktemp("cpp-build"))
+    yield
+
+
 @pytest.fixture()
 def work_home(tmp_path, monkeypatch) -> Path:
     """A private SQLCOPILOT_HOME (artifact store + MLflow SQLite store) for one test."""

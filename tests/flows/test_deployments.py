@@ -1,6 +1,7 @@
 """The operator's path, for real, through the deploy/ scripts: Prefect server, work pool, `prefect deploy`, a process
 worker, the MLflow server; the full-rebuild deployment on the smoke profile ends with a champion in the registry;
 nightly-eval passes on the unchanged model and fails on a version whose recorded ex it no longer reaches.
+Two quick checks of prefect.yaml and the job templates run without any server.
 
     python -m pytest tests/flows/test_deployments.py -q -m slow
 """
@@ -16,18 +17,45 @@ import time
 import urllib.request
 from pathlib import Path
 
+import ast
+
 import pytest
 import yaml
 
 from sqlcopilot_core import paths, registry, tracking
 from sqlcopilot_core.artifacts import load_artifact
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
-
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 STAGE_ORDER = ("download_base", "finetune", "prune", "distill", "export", "build")
 TOLERANCE = 0.02
+
+
+def test_prefect_yaml_deploys_each_flow_with_parameters_it_accepts():
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    deployments = {d["name"]: d for d in spec["deployments"]}
+    assert set(deployments) == {"full-rebuild", "prune-sweep", "nightly-eval"}
+    for name, deployment in deployments.items():
+        path, function = deployment["entrypoint"].split(":")
+        [flow_def] = [node for node in ast.parse((REPO / path).read_text()).body
+                      if isinstance(node, ast.FunctionDef) and node.name == function]
+        accepted = {arg.arg for arg in flow_def.args.args + flow_def.args.kwonlyargs}
+        assert set(deployment["parameters"]) <= accepted, name
+        assert deployment["work_pool"]["name"] == "sqlcopilot-process", name
+    [schedule] = deployments["nightly-eval"]["schedules"]
+    assert schedule["cron"] == "0 3 * * *" and schedule["timezone"] == "{{ $SQLCOPILOT_TIMEZONE }}"
+    assert spec["pull"] == [{"prefect.deployments.steps.set_working_directory": {
+        "directory": "{{ $SQLCOPILOT_REPO }}"}}]
+
+
+@pytest.mark.parametrize("template", ["k8s-job-template.yaml", "docker-job-template.yaml"])
+def test_job_template_declares_every_variable_its_job_uses(template):
+    spec = yaml.safe_load((REPO / "deploy" / template).read_text())
+    used = set(re.findall(r"{{ (\w+) }}", json.dumps(spec["job_configuration"])))
+    declared = set(spec["variables"]["properties"])
+    assert used and used <= declared, used - declared
+    env = spec["variables"]["properties"]["env"]["default"]
+    assert {"SQLCOPILOT_REPO", "SQLCOPILOT_HOME", "MLFLOW_TRACKING_URI"} <= set(env)
 
 
 def free_port() -> int:
@@ -156,6 +184,8 @@ def rebuilt(stack):
     return {"parent": parent, "stages": stages, "keys": keys, "final": final}
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_full_rebuild_deployment_scores_every_stage_and_registers_a_champion(stack, rebuilt):
     assert rebuilt["parent"].info.status == "FINISHED"
     assert {"download_base", "finetune"} <= set(rebuilt["stages"])
@@ -173,6 +203,8 @@ def test_full_rebuild_deployment_scores_every_stage_and_registers_a_champion(sta
         assert json.load(answer)["model_version"]["version"] == str(champion.version)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_nightly_eval_passes_unchanged_and_fails_when_ex_drops_beyond_tolerance(stack, rebuilt):
     champion = registry.get_version("sqlcopilot", "champion")
     passed = run_deployment(stack["env"], "nightly-eval/nightly-eval", "profile=smoke")
