@@ -24,19 +24,20 @@ def test_second_run_is_all_cache_hits_and_one_setting_reruns_one_stage(work_home
     first = full_rebuild(profile="smoke")
     runs = stage_runs(first["mlflow_run_id"])
     assert first["gold_ex"] == 1.0
-    assert {s: r.data.tags["cache_hit"] for s, r in runs.items() if s != "gold_check"} == {
-        "download_base": "false", "finetune": "false"}
-    for stage in ("download_base", "finetune"):
+    stages = ("download_base", "finetune", "prune", "distill", "export", "build")
+    assert {s: r.data.tags["cache_hit"] for s, r in runs.items() if s != "gold_check"} == {s: "false" for s in stages}
+    for stage in ("download_base", "finetune", "prune", "distill", "build"):
         assert {"ex", "params", "size_mb", "tokens_per_s"} <= set(runs[stage].data.metrics)
         assert load_artifact(first["artifacts"][stage]).manifest["mlflow_run_id"] == runs[stage].info.run_id
+    # the C++ path scores what the Python path scores: same model (float32), same greedy tokens
+    assert runs["build"].data.metrics["ex"] == runs["distill"].data.metrics["ex"]
     tuned_weights = Path(first["artifacts"]["finetune"]) / "model.safetensors"
     mtime = tuned_weights.stat().st_mtime_ns
 
     second = full_rebuild(profile="smoke")
     assert second["keys"] == first["keys"]
     runs = stage_runs(second["mlflow_run_id"])
-    assert {s: r.data.tags["cache_hit"] for s, r in runs.items() if s != "gold_check"} == {
-        "download_base": "true", "finetune": "true"}
+    assert {s: r.data.tags["cache_hit"] for s, r in runs.items() if s != "gold_check"} == {s: "true" for s in stages}
     assert "train_steps" in runs["finetune"].data.metrics  # the cached run still shows what training did
     assert tuned_weights.stat().st_mtime_ns == mtime  # nothing was trained again
 
@@ -44,8 +45,8 @@ def test_second_run_is_all_cache_hits_and_one_setting_reruns_one_stage(work_home
     assert third["keys"]["download_base"] == first["keys"]["download_base"]
     assert third["keys"]["finetune"] != first["keys"]["finetune"]
     runs = stage_runs(third["mlflow_run_id"])
-    assert runs["download_base"].data.tags["cache_hit"] == "true"
-    assert runs["finetune"].data.tags["cache_hit"] == "false"
+    assert {s: r.data.tags["cache_hit"] for s, r in runs.items() if s != "gold_check"} == {
+        "download_base": "true", **{s: "false" for s in stages[1:]}}
 
 
 def test_killed_finetune_resumes_from_last_checkpoint(work_home):
