@@ -5,6 +5,9 @@ speed (medians over repeats) and decode speed as a fraction of the memory-bandwi
     .venv/bin/python scripts/benchmark_runtimes.py --model work/smollm2_base --export work/export_fp32
     .venv/bin/python scripts/benchmark_runtimes.py --model work/smollm2_base --export work/export_bf16 --dtype bfloat16
 
+On a machine shared with other work, prefix OMP_WAIT_POLICY=PASSIVE or pass --threads 1: with the default spinning
+wait, two threads that must meet at every operation slow each other down about twentyfold (all three runtimes).
+
 The bound: decoding one token reads every weight matrix once (plus the key/value cache so far), so tokens/s can
 not exceed bandwidth / bytes read per token; bandwidth is measured here by summing a 1 GiB tensor.
 """
@@ -72,8 +75,37 @@ def run_graphs(exported, ids: list[int], max_new: int, eos: int) -> tuple[list[i
     return tokens, (prefilled - start) * 1e3, (end - prefilled) * 1e3
 
 
+def run_cpp(cpp: CppRunner, ids: list[int], max_new: int) -> tuple[list[int], float, float]:
+    (out, timings), = cpp.generate([ids], max_new)
+    return out, timings["prefill_ms"], timings["decode_ms"]
+
+
+def measure(runtimes: dict, prompt_ids: list[list[int]], repeats: int) -> tuple[dict, dict]:
+    """(prefill_ms, decode_ms, new tokens) per runtime per run, and each runtime's tokens from the first repeat.
+    Runtimes alternate prompt by prompt so background load on the machine hits them alike."""
+    runs: dict[str, list] = {name: [] for name in runtimes}
+    tokens: dict[str, list] = {name: [] for name in runtimes}
+    for repeat in range(repeats):
+        for ids in prompt_ids:
+            for name, run in runtimes.items():
+                out, prefill_ms, decode_ms = run(ids)
+                runs[name].append((prefill_ms, decode_ms, len(out)))
+                if repeat == 0:
+                    tokens[name].append(out)
+        print(f"repeat {repeat + 1}/{repeats} done", flush=True)
+    return runs, tokens
+
+
+def report_agreement(tokens: dict[str, list]) -> None:
+    pairs = [("graphs from Python", "transformers generate"), ("C++ runner", "transformers generate"),
+             ("C++ runner", "graphs from Python")]
+    for name, other in pairs:
+        same = sum(a == b for a, b in zip(tokens[name], tokens[other]))
+        print(f"{name} vs {other}: same tokens on {same}/{len(tokens[name])} prompts")
+
+
 def read_bandwidth_gbs(threads: int, repeats: int = 5) -> float:
-    """Median GB/s of summing a 1 GiB float32 tensor (a pure streaming read)."""
+    """Median GB/s of summing a 1 GiB float32 tensor (a pure streaming read), with `threads` threads."""
     torch.set_num_threads(threads)
     data = torch.ones(2 ** 28)
     data.sum()
@@ -148,42 +180,25 @@ def main() -> None:
     runner = args.runner or Path(build_runner(ROOT / "cpp", ROOT / "work" / "build" / "cpp-bench")["runner"])
     eos = exported.eos_token_id
     print(f"load average before: {os.getloadavg()[0]:.2f} (2 cores; other work on the machine skews timings)")
-    bandwidth = read_bandwidth_gbs(args.threads)
+    bandwidth = read_bandwidth_gbs(args.threads)  # measured again at the end; the higher is the bound
     torch.set_num_threads(args.threads)
 
-    runs: dict[str, list] = {"transformers generate": [], "graphs from Python": [], "C++ runner": []}
-    tokens: dict[str, list] = {name: [] for name in runs}
     with CppRunner(runner, args.export, threads=args.threads) as cpp:
-        for repeat in range(args.repeats):
-            for ids in prompt_ids:  # runtimes interleaved so background load hits them alike
-                for name, run in (("transformers generate", lambda: run_transformers(model, ids, args.new_tokens, eos)),
-                                  ("graphs from Python", lambda: run_graphs(exported, ids, args.new_tokens, eos)),
-                                  ("C++ runner", lambda: _run_cpp(cpp, ids, args.new_tokens))):
-                    out, prefill_ms, decode_ms = run()
-                    runs[name].append((prefill_ms, decode_ms, len(out)))
-                    if repeat == 0:
-                        tokens[name].append(out)
-            print(f"repeat {repeat + 1}/{args.repeats} done", flush=True)
+        runtimes = {"transformers generate": lambda ids: run_transformers(model, ids, args.new_tokens, eos),
+                    "graphs from Python": lambda ids: run_graphs(exported, ids, args.new_tokens, eos),
+                    "C++ runner": lambda ids: run_cpp(cpp, ids, args.new_tokens)}
+        runs, tokens = measure(runtimes, prompt_ids, args.repeats)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
-    reference = tokens["transformers generate"]
-    for name in ("graphs from Python", "C++ runner"):
-        same = sum(a == b for a, b in zip(tokens[name], reference))
-        print(f"{name}: same tokens as transformers on {same}/{len(reference)} prompts")
-    print("graphs from Python vs C++ runner: same tokens on "
-          f"{sum(a == b for a, b in zip(tokens['graphs from Python'], tokens['C++ runner']))}/{len(reference)}")
-    mean_new = statistics.mean(len(t) for t in reference)
+    report_agreement(tokens)
+    bandwidth = max(bandwidth, read_bandwidth_gbs(args.threads))
+    mean_new = statistics.mean(len(t) for t in tokens["transformers generate"])
     mean_position = statistics.mean(len(ids) for ids in prompt_ids) + mean_new / 2
     per_token = bytes_per_token(exported.manifest, mean_position)
     bound = bandwidth * 1e9 / per_token
     print(f"\n{args.dtype}, {args.threads} thread(s): read bandwidth {bandwidth:.1f} GB/s, {per_token / 1e6:.0f} MB read "
           f"per decoded token -> bound {bound:.1f} tokens/s")
     print_table({name: summarize(r) for name, r in runs.items()}, bound, mean_new)
-
-
-def _run_cpp(cpp: CppRunner, ids: list[int], max_new: int) -> tuple[list[int], float, float]:
-    (out, timings), = cpp.generate([ids], max_new)
-    return out, timings["prefill_ms"], timings["decode_ms"]
 
 
 if __name__ == "__main__":

@@ -56,11 +56,38 @@ def cmd_predict(args) -> int:
         preds = predict_with_runner(Path(args.model), examples, config)
     else:
         model, tokenizer = load_model(args.model)
-        from sqlcopilot_core.generate import predict_examples
-
         preds = predict_examples(model, tokenizer, examples, predict_config(config))
     write_predictions_jsonl(args.out, examples, preds)
     print(f"wrote {len(preds)} predictions to {args.out}")
+    return 0
+
+
+def cmd_ask(args) -> int:
+    from sqlcopilot_core import copilot
+
+    runtime = copilot.resolve_runtime(args.model, args.runner)
+    if args.batch:
+        items = json.loads(Path(args.batch).read_text())
+        if not isinstance(items, list) or not all(isinstance(i, dict) and {"db", "question"} <= set(i) for i in items):
+            raise ValueError(f"{args.batch}: expected a JSON list of {{\"db\": ..., \"question\": ...}} objects")
+    elif args.db and args.question:
+        items = [{"db": args.db, "question": args.question}]
+    else:
+        raise ValueError("give --db and a question, or --batch FILE")
+    for item in items:
+        answer = copilot.ask(runtime, item["db"], item["question"], execute=args.execute,
+                             max_new_tokens=args.max_new_tokens)
+        if args.json:
+            print(json.dumps(answer, default=str))
+            continue
+        print(f"-- {answer['question']}  ({answer['db']}, {answer['seconds']:.2f} s)")
+        print(answer["sql"] + ";")
+        if args.execute:
+            if answer["error_kind"]:
+                print(f"error ({answer['error_kind']}): {answer['error']}")
+            else:
+                print(copilot.format_table(answer["columns"], answer["rows"]))
+        print()
     return 0
 
 
@@ -108,6 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=8)
     predict.add_argument("--runtime", default="python", choices=["python", "cpp"])
     predict.set_defaults(func=cmd_predict)
+
+    ask = sub.add_parser("ask", help="ask a SQLite database a question through the compiled model (C++ runtime)")
+    ask.add_argument("question", nargs="?", help="the question, in English")
+    ask.add_argument("--model", required=True, help="build artifact folder (or an export folder with --runner)")
+    ask.add_argument("--db", help="SQLite database file")
+    ask.add_argument("--batch", help="JSON file: a list of {db, question} objects")
+    ask.add_argument("--runner", help="sqlcopilot-runner program (default: the build artifact's)")
+    ask.add_argument("--execute", action="store_true", help="run the SQL read-only and print the result table")
+    ask.add_argument("--json", action="store_true", help="print one JSON object per answer")
+    ask.add_argument("--max-new-tokens", type=int, default=128)
+    ask.set_defaults(func=cmd_ask)
 
     sample = sub.add_parser("sample", help="build the embedded sample dataset")
     sample.add_argument("--out", help="folder to build into (default <work>/sample_spider)")

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -20,13 +21,18 @@ class RunnerError(RuntimeError):
 class CppRunner:
     """`with CppRunner(runner, export_dir) as r: r.generate([[1, 2, 3]], 16)` -> [(new_ids, timings)]."""
 
-    def __init__(self, runner_path: str | Path, model_dir: str | Path, threads: int | None = None):
+    def __init__(self, runner_path: str | Path, model_dir: str | Path, threads: int | None = None,
+                 env: dict[str, str] | None = None):
+        """`threads`: intra-op threads (default one per core); `env`: extra environment for the runner, e.g.
+        {"OMP_WAIT_POLICY": "PASSIVE"} on a machine shared with other work, where spinning OpenMP threads of a
+        2-thread runner wait on each other and decoding slows ~20x."""
         self.runner_path, self.model_dir = Path(runner_path), Path(model_dir)
         if not self.runner_path.is_file():
             raise RunnerError(f"{self.runner_path}: runner program not found; run the build stage")
         self.command = [str(self.runner_path), "--model", str(self.model_dir)]
         if threads:
             self.command += ["--threads", str(threads)]
+        self.env = {**os.environ, **env} if env else None
         self.process: subprocess.Popen | None = None
         self._stderr: deque[str] = deque(maxlen=50)
         self._next_id = 0
@@ -40,7 +46,7 @@ class CppRunner:
 
     def start(self) -> None:
         self.process = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True, bufsize=1)
+                                        stderr=subprocess.PIPE, text=True, bufsize=1, env=self.env)
         # stderr is drained on a thread so a chatty runner can never block on a full pipe.
         self._stderr_reader = threading.Thread(target=self._drain_stderr, daemon=True)
         self._stderr_reader.start()

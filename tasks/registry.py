@@ -16,8 +16,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from sqlcopilot_core import registry, tracking
-from sqlcopilot_core.artifacts import Artifact
-from tasks.evaluate import python_scorer
+from sqlcopilot_core.artifacts import Artifact, load_artifact
+from sqlcopilot_core.copilot import EXPORT_SUBDIR
+from tasks.evaluate import cpp_scorer, python_scorer
 from tasks.stage import Scorer, logger
 
 
@@ -43,15 +44,12 @@ def resolve_registered_model(model_name: str, version_or_alias: str | int) -> tu
 
 
 def scorer_for(artifact: Artifact, eval_settings: dict[str, Any]) -> Scorer:
-    """The C++ runtime's scorer for exported models (once tasks.evaluate provides one), transformers otherwise."""
-    exported = artifact.stage in ("export", "build") or "export" in artifact.manifest.get("upstream", {})
-    try:
-        from tasks.evaluate import cpp_scorer
-    except ImportError:
-        cpp_scorer = None
-    if exported and cpp_scorer is not None:
-        return cpp_scorer(eval_settings)
-    return python_scorer(eval_settings)
+    """A build artifact is scored through the C++ runner on its upstream export (as the build stage scores it);
+    a model folder through transformers."""
+    if artifact.stage != "build":
+        return python_scorer(eval_settings)
+    exported = load_artifact(artifact.path.parents[1] / "export" / artifact.manifest["upstream"]["export"])
+    return cpp_scorer(eval_settings, exported.path / EXPORT_SUBDIR, exported.metrics.get("params", 0))
 
 
 @task(name="score_registered_model", cache_policy=NO_CACHE)

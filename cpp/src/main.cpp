@@ -6,6 +6,8 @@
 // Reply: {"id":1,"output_ids":[...],"new_tokens":N,"prefill_ms":...,"decode_ms":...} (output_ids are the new
 // tokens only); "return_logits": true in a request adds "first_logits". A bad request gets {"id":..,"error":".."}
 // and the runner keeps serving; a model it cannot load ends it with exit code 2.
+// On a machine busy with other work, run it with OMP_WAIT_POLICY=PASSIVE (or --threads 1): spinning OpenMP threads
+// that wait for a descheduled partner slow a 2-thread decode about twentyfold.
 #include <ATen/Parallel.h>
 
 #include <cstdlib>

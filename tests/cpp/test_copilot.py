@@ -1,0 +1,67 @@
+"""`sqlcopilot ask`: a question about a database the model has never seen, tokenized in Python, generated in C++."""
+
+import hashlib
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from sqlcopilot_core import paths
+from sqlcopilot_core.build import build_runner, source_hash
+from sqlcopilot_core.cli import main
+from sqlcopilot_core.export import ExportConfig, export_model
+from sqlcopilot_core.modeling import save_model, tiny_model_and_tokenizer
+
+CPP_DIR = Path(__file__).resolve().parents[2] / "cpp"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory):
+    root = tmp_path_factory.mktemp("copilot")
+    model_dir = save_model(*tiny_model_and_tokenizer(seed=3), root / "model")
+    export_model(model_dir, root / "export", ExportConfig(max_seq_len=1024, parity_prompts=1, parity_new_tokens=4),
+                 ["-- SQLite database schema\nCREATE TABLE t (a int);\n-- Question: how many?\n"])
+    info = build_runner(CPP_DIR, paths.build_dir() / f"cpp-{source_hash(CPP_DIR)[:16]}-release", "Release")
+    return root / "export", Path(info["runner"])
+
+
+def make_shop(path: Path) -> Path:
+    with sqlite3.connect(path) as conn:
+        conn.executescript("CREATE TABLE orders (id INTEGER PRIMARY KEY, amount REAL, month TEXT);"
+                           "INSERT INTO orders VALUES (1, 9.5, '2026-10'), (2, 12.0, '2026-11');")
+    return path
+
+
+def test_ask_prints_sql_and_leaves_the_database_unchanged(runtime, tmp_path, capsys):
+    export_dir, runner = runtime
+    db = make_shop(tmp_path / "shop.sqlite")
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    assert main(["ask", "--model", str(export_dir), "--runner", str(runner), "--db", str(db), "--execute",
+                 "--json", "--max-new-tokens", "12", "how many orders last month?"]) == 0
+    answer = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert answer["question"] == "how many orders last month?" and isinstance(answer["sql"], str)
+    assert answer["new_tokens"] >= 1 and answer["prefill_ms"] > 0
+    assert "error_kind" in answer  # the random tiny model's SQL was executed (or refused) read-only
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+
+
+def test_ask_batch_mode_and_bad_inputs(runtime, tmp_path, capsys):
+    export_dir, runner = runtime
+    db = make_shop(tmp_path / "shop.sqlite")
+    batch = tmp_path / "questions.json"
+    batch.write_text(json.dumps([{"db": str(db), "question": "total amount?"}, {"db": str(db), "question": "ids?"}]))
+    assert main(["ask", "--model", str(export_dir), "--runner", str(runner), "--batch", str(batch),
+                 "--max-new-tokens", "6"]) == 0
+    assert capsys.readouterr().out.count("-- ") == 2
+    assert main(["ask", "--model", str(export_dir), "--runner", str(runner), "--db", str(tmp_path / "no.sqlite"),
+                 "q"]) == 2
+    assert "no.sqlite does not exist" in capsys.readouterr().err
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    (export_dir / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
+    try:
+        assert main(["ask", "--model", str(export_dir), "--runner", str(runner), "--db", str(db), "q"]) == 2
+        assert "re-run the export stage" in capsys.readouterr().err
+    finally:
+        (export_dir / "manifest.json").write_text(json.dumps(manifest))
