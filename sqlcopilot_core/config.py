@@ -39,7 +39,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if not isinstance(value, str):
         if hint is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
-        if getattr(hint, "__origin__", None) is tuple and isinstance(value, list):
+        if (hint is tuple or getattr(hint, "__origin__", None) is tuple) and isinstance(value, list):
             return tuple(value)
         return value
     try:
@@ -53,7 +53,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return int(value)
         if hint is float:
             return float(value)
-        if getattr(hint, "__origin__", None) is tuple:
+        if hint is tuple or getattr(hint, "__origin__", None) is tuple:
             return tuple(yaml.safe_load(value)) if value.startswith("[") else tuple(v for v in value.split(",") if v)
     except ValueError as exc:
         raise ConfigError(f"{where}: cannot read {value!r} as {getattr(hint, '__name__', hint)}") from exc
