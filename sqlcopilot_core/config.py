@@ -93,3 +93,14 @@ def apply_overrides(profile: dict[str, dict[str, Any]], overrides: list[str]) ->
             raise ConfigError(f"override {item!r}: expected stage.key=value")
         out.setdefault(stage, {})[key] = yaml.safe_load(raw) if raw else raw
     return out
+
+
+def parse_key_values(items: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` command-line overrides of one config, values read as YAML scalars."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out

@@ -43,11 +43,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from sqlcopilot_core.config import ConfigError, config_from_dict, config_to_dict
+from sqlcopilot_core.config import parse_key_values, ConfigError, config_from_dict, config_to_dict
 from sqlcopilot_core.finetune import (MIN_PROMPT_TOKENS, Batch, TrainingData, check_resumable, collate, is_number,
                                       select_examples)
 from sqlcopilot_core.modeling import count_parameters, layer_shapes, save_model
@@ -557,13 +556,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="DistillConfig overrides, values read as YAML (e.g. schedule=all layer_map=[1,3])")
     args = parser.parse_args(argv)
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set {item!r}: expected KEY=VALUE")
-        overrides[key] = yaml.safe_load(value)
-    config = config_from_dict(DistillConfig, overrides)
+    config = config_from_dict(DistillConfig, parse_key_values(args.set))
     student, tokenizer = load_model(args.student_dir)
     teacher, _ = load_model(args.teacher_dir)
     stats = distill(student, teacher, tokenizer, load_split(args.spider_dir, "train"), config, args.out_dir,
