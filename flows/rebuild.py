@@ -18,12 +18,14 @@ from tasks.evaluate import gold_check
 from tasks.export import export
 from tasks.finetune import finetune
 from tasks.prune import prune
+from tasks.registry import register_model
 
 
 @flow(name="full-rebuild")
 def full_rebuild(profile: str = "smoke", overrides: list[str] | None = None,
                  spider_dir: str | None = None) -> dict[str, Any]:
-    """download_base -> finetune -> prune -> distill -> export -> build, every stage a cached artifact with its score in a nested MLflow run."""
+    """download_base -> finetune -> prune -> distill -> export -> build, every stage a cached artifact with its score in a nested MLflow run; the final model is
+    registered in the MLflow model registry (alias candidate, champion when it scores at least the champion)."""
     settings = resolve_settings(profile, overrides or [], spider_dir)
     run_id = tracking.start_run("full-rebuild", settings, tags={"flow": "full-rebuild", "profile": profile})
     try:
@@ -36,12 +38,13 @@ def full_rebuild(profile: str = "smoke", overrides: list[str] | None = None,
         student = distill(settings.get("distill", {}), pruned, tuned, folder, evaluate, run_id)
         exported = export(settings.get("export", {}), student, evaluate, run_id)
         runner = build(settings.get("build", {}), exported, evaluate, run_id)
+        stages = {"download_base": base, "finetune": tuned, "prune": pruned, "distill": student,
+                  "export": exported, "build": runner}
+        registered = register_model(runner, {name: a.key for name, a in stages.items()}, run_id)
     except BaseException:
         tracking.end_run(run_id, "FAILED")
         raise
     tracking.end_run(run_id)
-    stages = {"download_base": base, "finetune": tuned, "prune": pruned, "distill": student,
-              "export": exported, "build": runner}
-    return {"mlflow_run_id": run_id, "gold_ex": gold["ex"],
+    return {"mlflow_run_id": run_id, "gold_ex": gold["ex"], "registered": registered,
             "artifacts": {name: str(a.path) for name, a in stages.items()},
             "keys": {name: a.key for name, a in stages.items()}}

@@ -7,24 +7,33 @@ import pytest
 from sqlcopilot_core import paths, registry, tracking
 from sqlcopilot_core.artifacts import ArtifactStore
 
+KEYS = {"download_base": "k-base", "finetune": "k-tuned", "distill": "k-distill", "export": "k-export"}
 
-def committed(stage="export", key="k-export", weights=b"weights", upstream=None, metrics=None, run_id=None):
+
+@pytest.fixture(scope="module")
+def mlflow_home(tmp_path_factory):
+    """One MLflow store for the module (creating one costs seconds); tests keep apart by model name and keys."""
+    with pytest.MonkeyPatch.context() as patch:
+        home = tmp_path_factory.mktemp("registry") / "work"
+        patch.setenv("SQLCOPILOT_HOME", str(home))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        yield home
+
+
+@pytest.fixture()
+def name(mlflow_home, tmp_path, monkeypatch, request):
+    """A model name of the test's own, over the shared MLflow store and a private artifact store."""
+    monkeypatch.setenv("SQLCOPILOT_HOME", str(mlflow_home))
+    monkeypatch.setenv("SQLCOPILOT_STORE", str(tmp_path / "store"))
+    return request.node.name.removeprefix("test_")[:60]
+
+
+def committed(key, stage="export", weights=b"weights", run_id=None):
     store = ArtifactStore(paths.artifact_store())
     staging = store.staging(stage, key)
     (staging / "model.pt").write_bytes(weights)
-    return store.commit(staging, stage=stage, key=key, config={}, upstream=upstream or {"distill": "k-distill"},
-                        version="v1", metrics=metrics or {}, mlflow_run_id=run_id)
-
-
-def stage_run(artifact, metrics, parent=None):
-    run_id = tracking.start_run(artifact.stage, parent_run_id=parent,
-                                tags={"stage": artifact.stage, "cache_key": artifact.key})
-    tracking.log_metrics(run_id, metrics)
-    tracking.end_run(run_id)
-    return run_id
-
-
-KEYS = {"download_base": "k-base", "finetune": "k-tuned", "distill": "k-distill", "export": "k-export"}
+    return store.commit(staging, stage=stage, key=key, config={}, upstream={"distill": "k-distill"},
+                        version="v1", metrics={}, mlflow_run_id=run_id)
 
 
 def test_should_promote_when_no_champion_or_at_least_as_good():
@@ -34,64 +43,69 @@ def test_should_promote_when_no_champion_or_at_least_as_good():
     assert not registry.should_promote(0.49, 0.5)
 
 
-def test_versions_carry_scores_keys_and_path_and_champion_moves_only_on_equal_or_better(work_home):
-    scores = {"ex": 0.5, "params": 1000, "size_mb": 2.5, "tokens_per_s": 40.0, "n": 6}
-    first = registry.register_artifact(committed(key="a"), KEYS, scores)
+def test_versions_carry_scores_keys_and_path_and_champion_moves_only_on_equal_or_better(name):
+    scores = {"ex": 0.5, "params": 1000.0, "size_mb": 2.5, "tokens_per_s": 40.0, "n": 6.0}
+    first = registry.register_artifact(committed("a"), KEYS, scores, name)
     assert set(first.aliases) == {"candidate", "champion"}
-    assert first.tags["ex"] == "0.5" and first.tags["params"] == "1000" and first.tags["tokens_per_s"] == "40.0"
+    assert first.tags["ex"] == "0.5" and first.tags["params"] == "1000" and first.tags["n"] == "6"
+    assert first.tags["tokens_per_s"] == "40.0" and first.tags["size_mb"] == "2.5"
     assert {first.tags[f"key.{s}"] for s in KEYS} == set(KEYS.values())
     assert first.tags["artifact_path"] == str(paths.artifact_store() / "export" / "a")
     assert first.tags["artifact_stage"] == "export" and first.tags["artifact_key"] == "a"
 
-    worse = registry.register_artifact(committed(key="b"), KEYS, {**scores, "ex": 0.4})
+    worse = registry.register_artifact(committed("b"), KEYS, {**scores, "ex": 0.4}, name)
     assert set(worse.aliases) == {"candidate"}
-    assert registry.get_version("sqlcopilot", "champion").version == first.version
-    tie = registry.register_artifact(committed(key="c"), KEYS, {**scores, "ex": 0.5})
+    assert registry.get_version(name, "champion").version == first.version
+    tie = registry.register_artifact(committed("c"), KEYS, {**scores, "ex": 0.5}, name)
     assert set(tie.aliases) == {"candidate", "champion"}
-    assert set(registry.get_version("sqlcopilot", worse.version).aliases) == set()
-    assert registry.version_artifact(registry.get_version("sqlcopilot", 1)).key == "a"
+    assert set(registry.get_version(name, worse.version).aliases) == set()
+    assert registry.version_artifact(registry.get_version(name, 1)).key == "a"
+    assert registry.version_artifact(registry.get_version(name, "2")).key == "b"
 
 
-def test_version_source_is_a_small_pointer_not_the_weights(work_home):
-    artifact = committed(key="p", weights=b"x" * 4096)
-    version = registry.register_artifact(artifact, KEYS, {"ex": 0.25})
-    local = mlflow.artifacts.download_artifacts(version.source, dst_path=str(work_home / "download"))
-    names = sorted(p.name for p in (work_home / "download" / "model").iterdir())
-    assert names == ["manifest.json", "pointer.json"]
-    pointer = json.loads((work_home / "download" / "model" / "pointer.json").read_text())
+def test_version_source_is_a_small_pointer_not_the_weights(name, tmp_path):
+    artifact = committed("p", weights=b"x" * 4096)
+    version = registry.register_artifact(artifact, KEYS, {"ex": 0.25}, name)
+    assert version.source.startswith("runs:/") and version.run_id
+    folder = mlflow.artifacts.download_artifacts(version.source, dst_path=str(tmp_path / "download"))
+    assert sorted(p.name for p in tmp_path.joinpath("download", "model").iterdir()) == ["manifest.json",
+                                                                                         "pointer.json"]
+    pointer = json.loads((tmp_path / "download" / "model" / "pointer.json").read_text())
     assert pointer["artifact_path"] == str(artifact.path) and pointer["stage_keys"] == KEYS
-    assert local.endswith("model") and version.run_id
+    assert folder.endswith("model")
 
 
-def test_scores_come_from_the_flows_stage_run_else_the_producing_run(work_home):
+def test_scores_come_from_the_flows_stage_run_else_the_producing_run(name):
+    key = f"{name}-key"
     parent = tracking.start_run("full-rebuild")
-    producer = tracking.start_run("export", tags={"stage": "export", "cache_key": "s"})
+    producer = tracking.start_run("export", tags={"stage": "export", "cache_key": key})
     tracking.log_metrics(producer, {"ex": 0.2, "params": 10})
     tracking.end_run(producer)
-    artifact = committed(key="s", run_id=producer)
+    artifact = committed(key, run_id=producer)
     assert registry.artifact_scores(artifact, parent)["ex"] == 0.2  # nothing under this parent yet
-    stage_run(artifact, {"ex": 0.3, "params": 10, "size_mb": 1.0, "tokens_per_s": 5.0, "loss": 1.0}, parent)
+    stage_run = tracking.start_run("export", parent_run_id=parent, tags={"stage": "export", "cache_key": key})
+    tracking.log_metrics(stage_run, {"ex": 0.3, "params": 10, "size_mb": 1.0, "tokens_per_s": 5.0, "loss": 1.0})
+    tracking.end_run(stage_run)
     assert registry.artifact_scores(artifact, parent) == {"ex": 0.3, "params": 10, "size_mb": 1.0,
                                                           "tokens_per_s": 5.0}
 
 
-def test_unscored_artifact_is_refused_with_its_path(work_home):
-    artifact = committed(key="unscored")
+def test_unscored_artifact_is_refused_with_its_path(name):
+    artifact = committed(f"{name}-unscored")
     with pytest.raises(registry.RegistryError, match=r"unscored.*no execution accuracy"):
         registry.artifact_scores(artifact)
 
 
-def test_get_version_names_what_is_missing(work_home):
-    with pytest.raises(registry.RegistryError, match="no registered model 'sqlcopilot'.*full-rebuild"):
-        registry.get_version("sqlcopilot", "champion")
-    registry.register_artifact(committed(key="g"), KEYS, {"ex": 0.1})
+def test_get_version_names_what_is_missing(name):
+    with pytest.raises(registry.RegistryError, match=f"no registered model '{name}'.*full-rebuild"):
+        registry.get_version(name, "champion")
+    registry.register_artifact(committed("g"), KEYS, {"ex": 0.1}, name)
     with pytest.raises(registry.RegistryError, match=r"no version or alias 'gold'.*\['candidate', 'champion'\]"):
-        registry.get_version("sqlcopilot", "gold")
+        registry.get_version(name, "gold")
 
 
-def test_version_artifact_follows_a_moved_store_and_refuses_a_corrupt_one(work_home, tmp_path, monkeypatch):
-    artifact = committed(key="m")
-    version = registry.register_artifact(artifact, KEYS, {"ex": 0.1})
+def test_version_artifact_follows_a_moved_store_and_refuses_a_corrupt_one(name, tmp_path, monkeypatch):
+    version = registry.register_artifact(committed("m"), KEYS, {"ex": 0.1}, name)
     moved_store = tmp_path / "shared-store"
     shutil.move(str(paths.artifact_store()), moved_store)
     monkeypatch.setenv("SQLCOPILOT_STORE", str(moved_store))
@@ -118,19 +132,19 @@ def test_markdown_report_has_one_row_per_reference_and_metric():
     assert "| params | 1000 | 1000 |" in text and "| size_mb | - | - |" in text
 
 
-def test_previous_nightly_is_the_newest_finished_run_with_the_same_settings(work_home):
-    def nightly(ex, key="e1", status="FINISHED", name="sqlcopilot"):
+def test_previous_nightly_is_the_newest_finished_run_with_the_same_settings(name):
+    def nightly(ex, key="e1", status="FINISHED", model=name):
         run_id = tracking.start_run(registry.NIGHTLY_RUN,
-                                    tags={"nightly": "true", "model_name": name, "eval_key": key})
+                                    tags={"nightly": "true", "model_name": model, "eval_key": key})
         tracking.log_metrics(run_id, {"ex": ex})
         tracking.end_run(run_id, status)
         return run_id
 
-    assert registry.previous_nightly("sqlcopilot", "e1") is None
+    assert registry.previous_nightly(name, "e1") is None
     older = nightly(0.4)
     newest_good = nightly(0.5)
     nightly(0.1, status="FAILED")
     nightly(0.9, key="other-settings")
-    nightly(0.8, name="another-model")
-    assert registry.previous_nightly("sqlcopilot", "e1").info.run_id == newest_good != older
+    nightly(0.8, model=f"{name}-other")
+    assert registry.previous_nightly(name, "e1").info.run_id == newest_good != older
     assert registry.eval_key({"limit": 6, "split": "dev"}) == registry.eval_key({"split": "dev", "limit": 6})
