@@ -21,8 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sqlcopilot_core import paths, registry, tracking
-from sqlcopilot_core.artifacts import load_artifact
+from sqlcopilot_core import registry, tracking
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -54,15 +54,15 @@ def test_killed_finetune_resumes_from_last_checkpoint(work_home):
     env.pop("PREFECT_API_URL", None)
     (work_home / "prefect").mkdir(parents=True)
     command = [sys.executable, "-m", "sqlcopilot_core.cli", "rebuild", "--profile", "smoke",
-               "--set", "finetune.max_steps=40", "--set", "finetune.checkpoint_every=2"]
+               "--set", "finetune.max_steps=60", "--set", "finetune.checkpoint_every=2"]
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     checkpoint_root = work_home / "artifacts" / "finetune"
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline and process.poll() is None:
-            found = [p for p in checkpoint_root.glob(".checkpoints-*/*") if p.is_dir() and not p.name.startswith(".")]
-            if len(found) >= 2:  # at least two finished checkpoints: the run is well into training
+            steps = [int(p.name.split("-")[1]) for p in checkpoint_root.glob(".checkpoints-*/step-*") if p.is_dir()]
+            if steps and max(steps) >= 2:  # a finished checkpoint (renamed into place): training is under way
                 break
             time.sleep(0.5)
         assert process.poll() is None, "the run ended before it could be killed"
@@ -77,5 +77,5 @@ def test_killed_finetune_resumes_from_last_checkpoint(work_home):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     artifact = next(p for p in checkpoint_root.iterdir() if not p.name.startswith("."))
     metrics = load_artifact(artifact).metrics
-    assert metrics["train_resumed_from_step"] >= 2 and metrics["train_steps"] == 40
+    assert metrics["train_resumed_from_step"] >= 2 and metrics["train_steps"] == 60
     assert not list(checkpoint_root.glob(".checkpoints-*"))  # removed once the artifact is committed
