@@ -32,10 +32,9 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-import yaml
 from tqdm.auto import tqdm
 
-from sqlcopilot_core.config import ConfigError, config_from_dict, config_to_dict
+from sqlcopilot_core.config import parse_key_values, ConfigError, config_from_dict, config_to_dict
 from sqlcopilot_core.generate import PromptMaker, greedy_generate_ids, left_pad
 from sqlcopilot_core.modeling import count_parameters, save_model
 from sqlcopilot_core.prompting import extract_sql
@@ -498,13 +497,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="FinetuneConfig overrides, values read as YAML (e.g. objective=exec_guided lora=true)")
     args = parser.parse_args(argv)
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set {item!r}: expected KEY=VALUE")
-        overrides[key] = yaml.safe_load(value)
-    config = config_from_dict(FinetuneConfig, overrides)
+    config = config_from_dict(FinetuneConfig, parse_key_values(args.set))
     model, tokenizer = load_model(args.model_dir)
     stats = finetune(model, tokenizer, load_split(args.spider_dir, "train"), config, args.out_dir, args.resume_dir,
                      on_metrics=lambda step, metrics: print(f"step {step}: {metrics}"))

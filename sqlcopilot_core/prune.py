@@ -23,6 +23,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch_pruning as tp
@@ -136,6 +137,21 @@ def _batch_loss(model: nn.Module, batch: torch.Tensor | Mapping[str, torch.Tenso
             labels = labels.masked_fill(batch["attention_mask"] == 0, -100)
     return model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), labels=labels,
                  use_cache=False).loss
+
+
+CALIBRATION_TOKENS = 512
+
+
+def calibration_sequences(train_dir: Path, tokenizer, count: int, seed: int) -> list[list[int]]:
+    """Prompt + gold SQL token ids of `count` Spider train examples (Taylor importance needs real gradients)."""
+    from sqlcopilot_core.prompting import example_prompt
+    from sqlcopilot_core.spider import load_split
+
+    examples = load_split(train_dir, "train")
+    chosen = random.Random(seed).sample(examples, min(count, len(examples)))
+    texts = [example_prompt(e.db_path, e.question, max_schema_tokens=384, tokenizer=tokenizer) + e.query
+             for e in chosen]
+    return [tokenizer(text).input_ids[-CALIBRATION_TOKENS:] for text in texts]
 
 
 def accumulate_gradients(model: nn.Module, calibration: Calibration | None, config: PruneConfig) -> int:

@@ -105,9 +105,14 @@ def score_model(model, tokenizer, weights_dir: Path, config: EvalConfig, out_dir
     predictions = predict_examples(model, tokenizer, examples, predict_config(config))
     summary = score_predictions_to(out_dir, examples, predictions, config)
     speed_prompt = predict_prompt(examples[0], tokenizer, config)
-    return {"ex": summary["ex"], "n": summary["n"], "params": count_parameters(model),
+    return {**summary_metrics(summary), "params": count_parameters(model),
             "size_mb": round(folder_size_mb(weights_dir), 3),
-            "tokens_per_s": round(decode_tokens_per_s(model, tokenizer, speed_prompt, config.speed_tokens), 2),
+            "tokens_per_s": round(decode_tokens_per_s(model, tokenizer, speed_prompt, config.speed_tokens), 2)}
+
+
+def summary_metrics(summary: dict[str, Any]) -> dict[str, Any]:
+    """The MLflow metrics of a scoring summary: ex, n, ex per hardness level, prediction errors by kind."""
+    return {"ex": summary["ex"], "n": summary["n"],
             **{f"ex_{level}": v["ex"] for level, v in summary["by_hardness"].items() if v["ex"] is not None},
             **{f"errors_{kind}": n for kind, n in summary["errors"].items() if n}}
 

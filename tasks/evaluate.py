@@ -14,7 +14,8 @@ from prefect.cache_policies import NO_CACHE
 
 from sqlcopilot_core import tracking
 from sqlcopilot_core.config import config_from_dict
-from sqlcopilot_core.scoring import EvalConfig, eval_examples, score_model, score_predictions_to
+from sqlcopilot_core.scoring import (EvalConfig, eval_examples, score_model, score_predictions_to,
+                                     summary_metrics)
 from tasks.stage import logger
 
 
@@ -58,8 +59,6 @@ def cpp_scorer(settings: dict[str, Any], export_dir: Path, params: int):
         runtime = copilot.Runtime(Path(export_dir), Path(build_dir) / "bin" / "sqlcopilot-runner")
         predictions, timings = copilot.predict_and_time(runtime, examples, config)
         summary = score_predictions_to(out_dir, examples, predictions, config)
-        return {"ex": summary["ex"], "n": summary["n"], "size_mb": round(folder_size_mb(export_dir, (".pt",)), 3),
-                "tokens_per_s": round(copilot.decode_tokens_per_s(timings), 2),
-                "params": params,
-                **{f"ex_{level}": v["ex"] for level, v in summary["by_hardness"].items() if v["ex"] is not None}}
+        return {**summary_metrics(summary), "size_mb": round(folder_size_mb(export_dir, (".pt",)), 3),
+                "tokens_per_s": round(copilot.decode_tokens_per_s(timings), 2), "params": params}
     return score

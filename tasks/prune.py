@@ -15,26 +15,12 @@ from prefect.cache_policies import NO_CACHE
 from sqlcopilot_core.artifacts import Artifact
 from sqlcopilot_core.config import config_from_dict, config_to_dict
 from sqlcopilot_core.modeling import load_model, save_model
-from sqlcopilot_core.prompting import example_prompt
-from sqlcopilot_core.prune import PruneConfig, make_calibration_batches, prune_model
+from sqlcopilot_core.prune import PruneConfig, calibration_sequences, make_calibration_batches, prune_model
 from sqlcopilot_core.scoring import resolve_spider_dir
-from sqlcopilot_core.spider import load_split
 from tasks.evaluate import python_scorer
 from tasks.stage import run_stage
 
 MODULES = ("prune", "modeling", "prompting", "spider")
-CALIBRATION_TOKENS = 512
-
-
-def calibration_sequences(train_dir: Path, tokenizer, count: int, seed: int) -> list[list[int]]:
-    """Prompt + gold SQL token ids of `count` Spider train examples (Taylor importance needs real gradients)."""
-    import random
-
-    examples = load_split(train_dir, "train")
-    chosen = random.Random(seed).sample(examples, min(count, len(examples)))
-    texts = [example_prompt(e.db_path, e.question, max_schema_tokens=384, tokenizer=tokenizer) + e.query
-             for e in chosen]
-    return [tokenizer(text).input_ids[-CALIBRATION_TOKENS:] for text in texts]
 
 
 @task(name="prune", cache_policy=NO_CACHE)
