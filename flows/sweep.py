@@ -1,6 +1,7 @@
 """Flow prune_sweep: one fine-tuned teacher, several pruning ratios, each pruned then distilled and scored.
 
     sqlcopilot sweep --profile smoke --ratios 0.75,0.5,0.25
+    sqlcopilot sweep --profile cpu --ratios 0.75,0.5 --teacher work/artifacts/finetune/KEY   # sweep a teacher you have
 """
 
 from __future__ import annotations
@@ -13,25 +14,41 @@ from typing import Any
 from prefect import flow
 
 from sqlcopilot_core import tracking
+from sqlcopilot_core.artifacts import Artifact, ArtifactError, load_artifact
 from sqlcopilot_core.report import sweep_markdown, sweep_plot, sweep_rows
 from flows.settings import resolve_settings
 from tasks.distill import distill
 from tasks.download_base import download_base
+from tasks.evaluate import python_scorer
+from tasks.stage import scored
 from tasks.finetune import finetune
 from tasks.prune import prune
 
 
 @flow(name="prune-sweep")
 def prune_sweep(profile: str = "smoke", ratios: list[float] | None = None, overrides: list[str] | None = None,
-                spider_dir: str | None = None) -> dict[str, Any]:
-    """The cached teacher, then prune -> distill per ratio (a child MLflow run each) and a comparison table."""
+                spider_dir: str | None = None, teacher: str | None = None) -> dict[str, Any]:
+    """The cached teacher, then prune -> distill per ratio (a child MLflow run each) and a comparison table.
+
+    `teacher`: an existing fine-tuned model artifact folder to sweep instead of the profile's download_base ->
+    finetune (for example one trained on a GPU machine, or under an earlier code version). Its checksums are
+    verified and its cache key is the prune and distill stages' upstream key, so results stay cached per teacher.
+    """
     settings = resolve_settings(profile, overrides or [], spider_dir)
     ratios = ratios or [0.75, 0.5, 0.25]
-    run_id = tracking.start_run("prune-sweep", {**settings, "ratios": ratios}, tags={"flow": "prune-sweep"})
+    given = load_teacher(teacher) if teacher else None
+    run_id = tracking.start_run("prune-sweep", {**settings, "ratios": ratios, "teacher": teacher or ""},
+                                tags={"flow": "prune-sweep"})
     try:
         evaluate, folder = settings["evaluate"], settings["spider_dir"]
-        base = download_base(settings["download_base"], evaluate, run_id)
-        teacher = finetune(settings["finetune"], base, folder, evaluate, run_id)
+        if given is not None:  # scored like a cache hit, so its row compares with the students' under this eval
+            metrics = {**given.metrics, **scored("finetune", given.key, given.path, python_scorer(evaluate), evaluate,
+                                                 run_id)}
+            teacher_artifact = Artifact(given.path, {**given.manifest, "metrics": metrics})
+        else:
+            base = download_base(settings["download_base"], evaluate, run_id)
+            teacher_artifact = finetune(settings["finetune"], base, folder, evaluate, run_id)
+        teacher = teacher_artifact
         results = [sweep_one(ratio, settings, teacher, run_id) for ratio in ratios]
         rows = publish(run_id, teacher.metrics, results)
     except BaseException:
@@ -39,6 +56,15 @@ def prune_sweep(profile: str = "smoke", ratios: list[float] | None = None, overr
         raise
     tracking.end_run(run_id)
     return {"mlflow_run_id": run_id, "teacher": str(teacher.path), "rows": rows}
+
+
+def load_teacher(path: str) -> Artifact:
+    """A fine-tuned artifact given by path, verified; an error names the folder and what is wrong with it."""
+    artifact = load_artifact(path)
+    if artifact.stage != "finetune":
+        raise ArtifactError(f"{path}: --teacher must be a finetune artifact, this one is from stage "
+                            f"'{artifact.stage}'")
+    return artifact
 
 
 def sweep_one(ratio: float, settings: dict[str, Any], teacher, parent_run_id: str) -> dict[str, Any]:

@@ -23,7 +23,8 @@ def cmd_sweep(args) -> int:
     from flows.sweep import prune_sweep
 
     ratios = [float(r) for r in args.ratios.split(",") if r.strip()]
-    result = prune_sweep(profile=args.profile, ratios=ratios, overrides=args.set, spider_dir=args.spider_dir)
+    result = prune_sweep(profile=args.profile, ratios=ratios, overrides=args.set, spider_dir=args.spider_dir,
+                         teacher=args.teacher)
     print(json.dumps(result["rows"], indent=2))
     return 0
 
@@ -114,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--ratios", default="0.75,0.5,0.25", help="comma-separated fractions of parameters kept")
     sweep.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE", help="override a setting")
     sweep.add_argument("--spider-dir", help="Spider-format folder (default $SPIDER_DIR, else the sample data)")
+    sweep.add_argument("--teacher", help="an existing finetune artifact folder to sweep (skips download_base and "
+                       "finetune)")
     sweep.set_defaults(func=cmd_sweep)
 
     evaluate = sub.add_parser("eval", help="score a predictions file by execution accuracy")

@@ -29,3 +29,23 @@ def test_sweep_creates_one_child_run_per_ratio(work_home, prefect_harness):
     runs = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{again['mlflow_run_id']}'")
     assert {r.data.tags["mlflow.runName"]: r.data.tags.get("cache_hit") for r in runs
             if "stage" in r.data.tags} == {"download_base": "true", "finetune": "true"}
+
+    # an existing teacher given by path: no download_base/finetune runs, the 0.75 student is a cache hit
+    given = prune_sweep(profile="smoke", ratios=[0.75], teacher=result["teacher"])
+    assert given["rows"] == result["rows"][:1]
+    runs = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{given['mlflow_run_id']}'")
+    assert {r.data.tags["mlflow.runName"] for r in runs} == {"ratio=0.75"}
+
+
+def test_sweep_refuses_a_teacher_that_is_not_a_finetune_artifact(work_home, prefect_harness):
+    import pytest
+
+    from flows.sweep import prune_sweep
+    from sqlcopilot_core.artifacts import ArtifactError
+    from tasks.download_base import download_base
+
+    base = download_base.fn({"source": "tiny"}, {})
+    with pytest.raises(ArtifactError, match="stage 'download_base'"):
+        prune_sweep(profile="smoke", ratios=[0.5], teacher=str(base.path))
+    with pytest.raises(ArtifactError, match="does not exist"):
+        prune_sweep(profile="smoke", ratios=[0.5], teacher=str(work_home / "nowhere"))
