@@ -22,8 +22,10 @@ class CppRunner:
     """`with CppRunner(runner, export_dir) as r: r.generate([[1, 2, 3]], 16)` -> [(new_ids, timings)]."""
 
     def __init__(self, runner_path: str | Path, model_dir: str | Path, threads: int | None = None,
-                 env: dict[str, str] | None = None):
-        """`threads`: intra-op threads (default one per core); `env`: extra environment for the runner, e.g.
+                 env: dict[str, str] | None = None, decode: str = "auto"):
+        """`threads`: intra-op threads (default one per core); `decode`: "kernel" (hand-written kernels, needs
+        AVX-512), "graph" (the graph's decode_step) or "auto" (kernel where the CPU can); `env`: extra environment
+        for the runner, e.g.
         {"OMP_WAIT_POLICY": "PASSIVE"} on a machine shared with other work, where spinning OpenMP threads of a
         2-thread runner wait on each other and decoding slows ~20x."""
         self.runner_path, self.model_dir = Path(runner_path), Path(model_dir)
@@ -32,6 +34,8 @@ class CppRunner:
         self.command = [str(self.runner_path), "--model", str(self.model_dir)]
         if threads:
             self.command += ["--threads", str(threads)]
+        if decode != "auto":
+            self.command += ["--decode", decode]
         self.env = {**os.environ, **env} if env else None
         self.process: subprocess.Popen | None = None
         self._stderr: deque[str] = deque(maxlen=50)
@@ -64,7 +68,8 @@ class CppRunner:
 
     def generate(self, ids_list: list[list[int]], max_new_tokens: int,
                  return_logits: bool = False) -> list[tuple[list[int], dict]]:
-        """Greedy new tokens per prompt, with timings {prefill_ms, decode_ms, new_tokens} (and first_logits)."""
+        """Greedy new tokens per prompt, with timings {prefill_ms, decode_ms, new_tokens, decode} (and
+        first_logits, step_logits: the logits the first and second tokens were chosen from)."""
         return [self._request(list(map(int, ids)), max_new_tokens, return_logits) for ids in ids_list]
 
     def _request(self, ids: list[int], max_new_tokens: int, return_logits: bool) -> tuple[list[int], dict]:
@@ -87,9 +92,9 @@ class CppRunner:
         reply = json.loads(line)
         if "error" in reply:
             raise RunnerError(f"runner refused request {self._next_id}: {reply['error']}")
-        timings = {key: reply[key] for key in ("prefill_ms", "decode_ms", "new_tokens")}
+        timings = {key: reply[key] for key in ("prefill_ms", "decode_ms", "new_tokens", "decode")}
         if return_logits:
-            timings["first_logits"] = reply["first_logits"]
+            timings["first_logits"], timings["step_logits"] = reply["first_logits"], reply["step_logits"]
         return reply["output_ids"], timings
 
     def _drain_stderr(self) -> None:

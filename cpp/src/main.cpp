@@ -4,7 +4,8 @@
 //   echo '{"id": 1, "input_ids": [1, 2, 3], "max_new_tokens": 8}' | sqlcopilot-runner --model work/export
 //
 // Reply: {"id":1,"output_ids":[...],"new_tokens":N,"prefill_ms":...,"decode_ms":...} (output_ids are the new
-// tokens only); "return_logits": true in a request adds "first_logits". A bad request gets {"id":..,"error":".."}
+// tokens only); "return_logits": true in a request adds "first_logits" and "step_logits" (the logits the first and
+// second tokens were chosen from). A bad request gets {"id":..,"error":".."}
 // and the runner keeps serving; a model it cannot load ends it with exit code 2.
 // On a machine busy with other work, run it with OMP_WAIT_POLICY=PASSIVE (or --threads 1): spinning OpenMP threads
 // that wait for a descheduled partner slow a 2-thread decode about twentyfold.
@@ -20,12 +21,14 @@
 
 namespace {
 
-const char* kUsage = "usage: sqlcopilot-runner --model EXPORT_DIR [--max-new-tokens N] [--threads N]";
+const char* kUsage =
+    "usage: sqlcopilot-runner --model EXPORT_DIR [--max-new-tokens N] [--threads N] [--decode auto|graph|kernel]";
 
 struct Options {
   std::string model;
   int64_t max_new_tokens = 128;
   int threads = 0;  // 0: one per core
+  sqlcopilot::DecodeMode decode = sqlcopilot::DecodeMode::Auto;
 };
 
 Options parse_options(int argc, char** argv) {
@@ -41,6 +44,7 @@ Options parse_options(int argc, char** argv) {
     if (flag == "--model") options.model = value;
     else if (flag == "--max-new-tokens") options.max_new_tokens = std::stoll(value);
     else if (flag == "--threads") options.threads = std::stoi(value);
+    else if (flag == "--decode") options.decode = sqlcopilot::parse_decode_mode(value);
     else throw std::invalid_argument("unknown option " + flag);
   }
   if (options.model.empty()) throw std::invalid_argument("--model is required");
@@ -65,11 +69,15 @@ sqlcopilot::Json reply_for(sqlcopilot::Runner& runner, const std::string& line, 
                                       {"output_ids", Json::of_array(std::move(output))},
                                       {"new_tokens", Json::of_number(static_cast<double>(generation.output_ids.size()))},
                                       {"prefill_ms", Json::of_number(generation.prefill_ms)},
-                                      {"decode_ms", Json::of_number(generation.decode_ms)}};
+                                      {"decode_ms", Json::of_number(generation.decode_ms)},
+                                      {"decode", Json::of_string(runner.decode_path())}};
     if (want_logits) {
       std::vector<Json> logits;
       for (float value : generation.first_logits) logits.push_back(Json::of_number(value));
       reply["first_logits"] = Json::of_array(std::move(logits));
+      std::vector<Json> step;
+      for (float value : generation.step_logits) step.push_back(Json::of_number(value));
+      reply["step_logits"] = Json::of_array(std::move(step));
     }
     return Json::of_object(std::move(reply));
   } catch (const std::exception& error) {  // JsonError, invalid_argument and c10::Error: answer and keep serving
@@ -91,11 +99,11 @@ int main(int argc, char** argv) {
   at::set_num_interop_threads(1);
   at::set_num_threads(options.threads > 0 ? options.threads : cores);
   try {
-    sqlcopilot::Runner runner(options.model);
+    sqlcopilot::Runner runner(options.model, options.decode);
     const auto& manifest = runner.manifest();
     std::cerr << "sqlcopilot-runner: " << manifest.num_layers << "-layer " << manifest.dtype << " model from "
               << options.model << ", " << at::get_num_threads() << " thread(s)"
-              << (runner.packed() ? ", packed weights" : "") << std::endl;
+              << ", " << runner.decode_path() << " decoding" << (runner.packed() ? ", packed weights" : "") << std::endl;
     std::string line;
     while (std::getline(std::cin, line)) {
       if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
@@ -107,6 +115,9 @@ int main(int argc, char** argv) {
   } catch (const c10::Error& error) {
     std::cerr << "sqlcopilot-runner: cannot load " << options.model << ": " << error.what_without_backtrace()
               << std::endl;
+    return 2;
+  } catch (const std::runtime_error& error) {
+    std::cerr << "sqlcopilot-runner: " << error.what() << std::endl;
     return 2;
   }
   return 0;

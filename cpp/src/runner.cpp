@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "sqlcopilot/json.h"
+#include "sqlcopilot/kernels.h"
 
 namespace sqlcopilot {
 
@@ -28,6 +29,11 @@ double elapsed_ms(std::chrono::steady_clock::time_point start) {
 }
 
 int64_t greedy_token(const at::Tensor& logits) { return logits.argmax(-1).item<int64_t>(); }
+
+std::vector<float> float_values(const at::Tensor& logits) {
+  auto flat = logits.to(torch::kFloat).contiguous().view(-1);
+  return std::vector<float>(flat.data_ptr<float>(), flat.data_ptr<float>() + flat.numel());
+}
 
 }  // namespace
 
@@ -64,18 +70,35 @@ Manifest load_manifest(const std::filesystem::path& dir) {
   }
 }
 
-Runner::Runner(const std::filesystem::path& export_dir) : manifest_(load_manifest(export_dir)) {
+DecodeMode parse_decode_mode(const std::string& name) {
+  if (name == "auto") return DecodeMode::Auto;
+  if (name == "graph") return DecodeMode::Graph;
+  if (name == "kernel") return DecodeMode::Kernel;
+  throw std::invalid_argument("decode mode '" + name + "' is not auto, graph or kernel");
+}
+
+Runner::Runner(const std::filesystem::path& export_dir, DecodeMode mode) : manifest_(load_manifest(export_dir)) {
   // The graph is already written for speed (fused projections, in-place cache); the profiling executor would only
   // re-specialise it for every prompt length. Python's ExportedModel runs it the same way.
   torch::jit::setGraphExecutorOptimize(false);
   module_ = torch::jit::load((export_dir / manifest_.graph).string(), torch::kCPU);
   module_.eval();
+  const bool supported = kernel_decode_supported(manifest_.dtype);
+  if (mode == DecodeMode::Kernel && !supported)
+    throw std::runtime_error("decode mode 'kernel' needs AVX-512F" +
+                             std::string(manifest_.dtype == "bfloat16" ? ", AVX-512BW and AVX-512 BF16" : "") +
+                             " for " + manifest_.dtype + ", which this CPU lacks; use --decode graph");
+  if (mode != DecodeMode::Graph && supported)
+    kernel_ = std::make_unique<KernelDecoder>(module_, manifest_.dtype);  // keeps the plain weights it reads
   if (at::hasMKLDNN()) {
     module_.run_method("pack");
     packed_ = true;
   }
   caches_ = module_.run_method("new_caches");
+  cache_tensors_ = caches_.toTensorVector();
 }
+
+Runner::~Runner() = default;
 
 Generation Runner::generate(const std::vector<int64_t>& input_ids, int64_t max_new_tokens, bool want_logits) {
   const auto prompt_length = static_cast<int64_t>(input_ids.size());
@@ -96,18 +119,22 @@ Generation Runner::generate(const std::vector<int64_t>& input_ids, int64_t max_n
   auto logits = module_.get_method("prefill")({ids, caches_}).toTensor();
   result.output_ids.push_back(greedy_token(logits));
   result.prefill_ms = elapsed_ms(start);
-  if (want_logits) {
-    auto flat = logits.to(torch::kFloat).contiguous().view(-1);
-    result.first_logits.assign(flat.data_ptr<float>(), flat.data_ptr<float>() + flat.numel());
-  }
+  if (want_logits) result.first_logits = float_values(logits);
 
   start = std::chrono::steady_clock::now();
   auto decode_step = module_.get_method("decode_step");
   for (int64_t pos = prompt_length; static_cast<int64_t>(result.output_ids.size()) < max_new_tokens; ++pos) {
     const int64_t last = result.output_ids.back();
     if (last == manifest_.eos_token_id || pos >= manifest_.max_seq_len) break;
-    logits = decode_step({last, pos, caches_}).toTensor();
-    result.output_ids.push_back(greedy_token(logits));
+    const bool first_step = want_logits && result.step_logits.empty();
+    if (kernel_) {
+      result.output_ids.push_back(kernel_->step(last, pos, cache_tensors_));
+      if (first_step) result.step_logits = kernel_->last_logits();
+    } else {
+      logits = decode_step({last, pos, caches_}).toTensor();
+      result.output_ids.push_back(greedy_token(logits));
+      if (first_step) result.step_logits = float_values(logits);
+    }
   }
   result.decode_ms = elapsed_ms(start);
   return result;

@@ -24,13 +24,17 @@ from tests.core.test_export import PROMPTS, PRUNED_SHAPES, make_model_folder, pr
 
 CPP_DIR = Path(__file__).resolve().parents[2] / "cpp"
 NEW_TOKENS = 24
+CPU_FLAGS = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
+KERNELS = "avx512f" in CPU_FLAGS
+BF16_KERNELS = KERNELS and {"avx512bw", "avx512_bf16"} <= CPU_FLAGS
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")
 def tiny_exports(tmp_path_factory) -> dict[str, Path]:
-    """A float32 export of a uniform tiny model, a float32 export of a pruned one, and a bfloat16 export."""
+    """float32 and bfloat16 exports of a uniform tiny model and of a pruned one (widths that are not multiples of the
+    kernels' vector lengths)."""
     root = tmp_path_factory.mktemp("cpp_exports")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -38,7 +42,8 @@ def tiny_exports(tmp_path_factory) -> dict[str, Path]:
     pruned = make_model_folder(root / "pruned_model", PRUNED_SHAPES, seed=1)
     exports = {"float32": (uniform, ExportConfig(max_seq_len=96)),
                "pruned": (pruned, ExportConfig(max_seq_len=96)),
-               "bfloat16": (uniform, ExportConfig(dtype="bfloat16", max_seq_len=96))}
+               "bfloat16": (uniform, ExportConfig(dtype="bfloat16", max_seq_len=96)),
+               "pruned_bfloat16": (pruned, ExportConfig(dtype="bfloat16", max_seq_len=96))}
     for name, (model_dir, config) in exports.items():
         export_model(model_dir, root / name, config, PROMPTS)
     torch.set_num_threads(threads)
@@ -76,36 +81,56 @@ def test_ctest_passes_and_the_test_program_checks_generation(built, tiny_exports
     assert "PASS generation equals transformers' greedy tokens" in full and "13 passed, 0 failed" in full, full
 
 
+@pytest.mark.parametrize("decode", ["kernel", "graph"])
 @pytest.mark.parametrize("export", ["float32", "pruned"])
-def test_cpp_tokens_and_logits_equal_python(built, tiny_exports, export):
+def test_cpp_tokens_and_logits_equal_python(built, tiny_exports, export, decode):
+    if decode == "kernel" and not KERNELS:
+        pytest.skip("this CPU lacks AVX-512F: the runner decodes with the graph only")
     model_key = "uniform_model" if export == "float32" else "pruned_model"
     model, tokenizer = load_model(tiny_exports[model_key])
     exported = load_exported(tiny_exports[export])
     ids_list = [prompt_ids(tokenizer, p)[0].tolist() for p in PROMPTS]
-    with CppRunner(built["runner"], tiny_exports[export], threads=1) as runner:
+    with CppRunner(built["runner"], tiny_exports[export], threads=1, decode=decode) as runner:
         results = runner.generate(ids_list, NEW_TOKENS, return_logits=True)
     largest = 0.0
     for ids, (cpp_tokens, timings) in zip(ids_list, results):
         assert cpp_tokens == exported.generate_exported(ids, NEW_TOKENS)
         assert cpp_tokens == hf_greedy(model, torch.tensor([ids]), NEW_TOKENS, tokenizer.eos_token_id)
         assert timings["new_tokens"] == len(cpp_tokens) and timings["prefill_ms"] > 0
+        assert timings["decode"] == decode
         with torch.no_grad():
-            reference = model(torch.tensor([ids])).logits[0, -1]
-        largest = max(largest, (torch.tensor(timings["first_logits"]) - reference).abs().max().item())
-    print(f"\n{export}: C++ first-step logits vs transformers: largest |difference| {largest:.3g}")
+            reference = model(torch.tensor([ids + cpp_tokens[:1]])).logits[0, -2:]
+        for got, want in zip((timings["first_logits"], timings["step_logits"]), reference):
+            largest = max(largest, (torch.tensor(got) - want).abs().max().item())
+    print(f"\n{export} ({decode}): C++ prefill and decode-step logits vs transformers: largest |difference| "
+          f"{largest:.3g}")
     assert largest < 1e-4
 
 
-def test_cpp_bfloat16_equals_python_graphs(built, tiny_exports):
-    exported = load_exported(tiny_exports["bfloat16"])
+@pytest.mark.parametrize("decode", ["kernel", "graph"])
+@pytest.mark.parametrize("export", ["bfloat16", "pruned_bfloat16"])
+def test_cpp_bfloat16_equals_python_graphs(built, tiny_exports, export, decode):
+    if decode == "kernel" and not BF16_KERNELS:
+        pytest.skip("this CPU lacks AVX-512 BF16: the runner decodes bfloat16 with the graph only")
+    exported = load_exported(tiny_exports[export])
     tokenizer = exported.tokenizer()
     ids_list = [prompt_ids(tokenizer, p)[0].tolist() for p in PROMPTS]
-    with CppRunner(built["runner"], tiny_exports["bfloat16"], threads=1) as runner:
+    with CppRunner(built["runner"], tiny_exports[export], threads=1, decode=decode) as runner:
         results = runner.generate(ids_list, NEW_TOKENS, return_logits=True)
+    largest = 0.0
     for ids, (cpp_tokens, timings) in zip(ids_list, results):
         assert cpp_tokens == exported.generate_exported(ids, NEW_TOKENS)
-        python_logits = exported.prefill(torch.tensor([ids]), exported.new_caches()).float()[0]
+        caches = exported.new_caches()
+        python_logits = exported.prefill(torch.tensor([ids]), caches).float()[0]
         assert torch.equal(torch.tensor(timings["first_logits"]), python_logits)
+        step = exported.decode_step(cpp_tokens[0], len(ids), caches).float()[0]
+        if decode == "graph":
+            assert torch.equal(torch.tensor(timings["step_logits"]), step)
+        # the kernels add in another order than oneDNN, so a bfloat16 rounding may land one step apart
+        largest = max(largest, ((torch.tensor(timings["step_logits"]) - step).abs() / step.abs().max()).max().item())
+    print(f"\n{export} ({decode}): decode-step logits vs Python graphs: largest |difference| / largest |logit| "
+          f"{largest:.3g}")
+    assert largest < 2 ** -6
 
 
 def test_cpp_refuses_unknown_manifest_version(built, tiny_exports, tmp_path):

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -39,12 +40,23 @@ struct Generation {
   double prefill_ms = 0.0;          // prompt pass and first token
   double decode_ms = 0.0;           // all later tokens together
   std::vector<float> first_logits;  // logits the first token was chosen from, when asked for
+  std::vector<float> step_logits;   // logits the second token was chosen from (the first decode step), when asked for
 };
+
+class KernelDecoder;
+
+// How the runner decodes after the prompt pass: "kernel" runs the hand-written kernels (sqlcopilot/kernels.h) over
+// the graph's weights, "graph" runs the graph's decode_step with weights packed for oneDNN, "auto" picks "kernel"
+// when the CPU has the instructions for the dtype, else "graph".
+enum class DecodeMode { Auto, Graph, Kernel };
+DecodeMode parse_decode_mode(const std::string& name);  // throws std::invalid_argument for an unknown name
 
 class Runner {
  public:
-  // Loads the graph and packs its weights for one-row products (see Decoder.pack in sqlcopilot_core/decoder.py).
-  explicit Runner(const std::filesystem::path& export_dir);
+  // Loads the graph; for "graph" decoding packs its weights for one-row products (Decoder.pack in decoder.py).
+  // Throws std::runtime_error when "kernel" is asked for on a CPU without the instructions it needs.
+  explicit Runner(const std::filesystem::path& export_dir, DecodeMode mode = DecodeMode::Auto);
+  ~Runner();
 
   // Greedy new tokens after `input_ids`: stops after EOS, after `max_new_tokens`, or when the cache is full.
   // Throws std::invalid_argument for an empty prompt, an id outside the vocabulary or a prompt too long.
@@ -52,11 +64,14 @@ class Runner {
 
   const Manifest& manifest() const { return manifest_; }
   bool packed() const { return packed_; }
+  const char* decode_path() const { return kernel_ ? "kernel" : "graph"; }
 
  private:
   Manifest manifest_;
   torch::jit::Module module_;
   c10::IValue caches_;  // allocated once; a prefill overwrites what a previous request left
+  std::vector<at::Tensor> cache_tensors_;  // the same tensors, for the kernels
+  std::unique_ptr<KernelDecoder> kernel_;
   bool packed_ = false;
 };
 

@@ -1,0 +1,52 @@
+// Hand-written one-token decoding for an exported decoder: the arithmetic of Decoder.decode_step in
+// sqlcopilot_core/decoder.py, over the graph's own weight buffers and key/value cache tensors, with the
+// matrix-vector products written to stream weights at memory bandwidth (AVX-512 FMA for float32, AVX-512 BF16 dot
+// products for bfloat16), where oneDNN's one-row matmul reaches about half of it.
+//
+// Decoding one token multiplies one row by every weight matrix, so its speed is the speed at which the weights are
+// read. The prompt pass (many rows, compute-bound) stays in the TorchScript graph.
+#pragma once
+
+#include <torch/script.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace sqlcopilot {
+
+// Whether this CPU runs the kernels for `dtype`: "float32" needs AVX-512F, "bfloat16" also AVX-512 BF16.
+bool kernel_decode_supported(const std::string& dtype);
+
+class KernelDecoder {
+ public:
+  // Reads the weights of a loaded, unpacked export module (see Decoder in decoder.py). Throws ManifestError when a
+  // buffer is missing or shaped differently from what the export stage writes.
+  KernelDecoder(const torch::jit::Module& module, const std::string& dtype);
+
+  // Feeds `token` at position `pos`, writes that position of `caches` (k0, v0, k1, v1, ..., each
+  // [1, kv_heads, max_seq_len, head_dim]) and returns the greedy next token (the first of equal largest logits).
+  int64_t step(int64_t token, int64_t pos, const std::vector<at::Tensor>& caches);
+
+  // The logits of the last step, as float32.
+  std::vector<float> last_logits() const;
+
+ private:
+  struct Layer {
+    at::Tensor attn_norm, mlp_norm, qkv, out, gate_up, down;
+    int64_t heads = 0, kv_heads = 0, width = 0;
+  };
+  template <typename T>
+  int64_t step_as(int64_t token, int64_t pos, const std::vector<at::Tensor>& caches);
+
+  bool bf16_ = false;
+  int64_t hidden_ = 0, head_dim_ = 0, vocab_ = 0, max_seq_len_ = 0;
+  double eps_ = 0.0, scale_ = 0.0;
+  at::Tensor embed_, lm_head_, norm_, cos_, sin_;
+  std::vector<Layer> layers_;
+  // Scratch, allocated once: residual stream, normed input, projections, attention output, MLP activations, logits
+  // (all in the model's dtype) and float32 attention scores per query head.
+  at::Tensor x_, h_, qkv_, attn_, gate_up_, act_, logits_, scores_;
+};
+
+}  // namespace sqlcopilot

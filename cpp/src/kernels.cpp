@@ -1,0 +1,337 @@
+#include "sqlcopilot/kernels.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "sqlcopilot/runner.h"
+
+namespace sqlcopilot {
+
+namespace {
+
+using bf16 = c10::BFloat16;
+
+// ---- element conversions: every op of the TorchScript graph rounds its result to the model's dtype ----------------
+inline float as_float(float v) { return v; }
+inline float as_float(bf16 v) { return static_cast<float>(v); }
+template <typename T>
+inline T round_to(float v);
+template <>
+inline float round_to<float>(float v) { return v; }
+template <>
+inline bf16 round_to<bf16>(float v) { return bf16(v); }  // round to nearest even, as PyTorch does
+
+// ---- matrix-vector products y = W x, W [rows, cols] row-major, rows split between the intra-op threads -----------
+
+__attribute__((target("avx512f"))) void gemv_rows_f32(const float* w, const float* x, float* y, int64_t begin,
+                                                      int64_t end, int64_t cols) {
+  const int64_t full = cols / 16 * 16;
+  const __mmask16 tail = static_cast<__mmask16>((1u << (cols - full)) - 1u);
+  int64_t r = begin;
+  for (; r + 4 <= end; r += 4) {  // four rows share each load of x
+    const float* w0 = w + r * cols;
+    const float* w1 = w0 + cols;
+    const float* w2 = w1 + cols;
+    const float* w3 = w2 + cols;
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    for (int64_t k = 0; k < full; k += 16) {
+      const __m512 xv = _mm512_loadu_ps(x + k);
+      a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0 + k), xv, a0);
+      a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w1 + k), xv, a1);
+      a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w2 + k), xv, a2);
+      a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w3 + k), xv, a3);
+    }
+    if (tail) {
+      const __m512 xv = _mm512_maskz_loadu_ps(tail, x + full);
+      a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, w0 + full), xv, a0);
+      a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, w1 + full), xv, a1);
+      a2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, w2 + full), xv, a2);
+      a3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, w3 + full), xv, a3);
+    }
+    y[r] = _mm512_reduce_add_ps(a0);
+    y[r + 1] = _mm512_reduce_add_ps(a1);
+    y[r + 2] = _mm512_reduce_add_ps(a2);
+    y[r + 3] = _mm512_reduce_add_ps(a3);
+  }
+  for (; r < end; ++r) {
+    const float* w0 = w + r * cols;
+    __m512 a0 = _mm512_setzero_ps();
+    for (int64_t k = 0; k < full; k += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0 + k), _mm512_loadu_ps(x + k), a0);
+    if (tail) a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, w0 + full), _mm512_maskz_loadu_ps(tail, x + full), a0);
+    y[r] = _mm512_reduce_add_ps(a0);
+  }
+}
+
+#define SQLCOPILOT_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
+
+SQLCOPILOT_BF16_TARGET inline __m512i load(const bf16* p) { return _mm512_loadu_si512(reinterpret_cast<const void*>(p)); }
+SQLCOPILOT_BF16_TARGET inline __m512 dot(__m512 acc, __m512i a, __m512i b) {
+  return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b);
+}
+
+// bfloat16 weights and input, float32 accumulation (VDPBF16PS multiplies pairs exactly and adds in float32), the
+// result rounded to bfloat16 like oneDNN's bfloat16 matmul output.
+SQLCOPILOT_BF16_TARGET void gemv_rows_bf16(const bf16* w, const bf16* x, bf16* y, int64_t begin, int64_t end,
+                                           int64_t cols) {
+  const int64_t full = cols / 32 * 32;
+  const __mmask32 tail = static_cast<__mmask32>((cols - full) == 0 ? 0u : ((1ull << (cols - full)) - 1ull));
+  int64_t r = begin;
+  for (; r + 4 <= end; r += 4) {
+    const bf16* w0 = w + r * cols;
+    const bf16* w1 = w0 + cols;
+    const bf16* w2 = w1 + cols;
+    const bf16* w3 = w2 + cols;
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    for (int64_t k = 0; k < full; k += 32) {
+      const __m512i xv = load(x + k);
+      a0 = dot(a0, load(w0 + k), xv);
+      a1 = dot(a1, load(w1 + k), xv);
+      a2 = dot(a2, load(w2 + k), xv);
+      a3 = dot(a3, load(w3 + k), xv);
+    }
+    if (tail) {
+      const __m512i xv = _mm512_maskz_loadu_epi16(tail, x + full);
+      a0 = dot(a0, _mm512_maskz_loadu_epi16(tail, w0 + full), xv);
+      a1 = dot(a1, _mm512_maskz_loadu_epi16(tail, w1 + full), xv);
+      a2 = dot(a2, _mm512_maskz_loadu_epi16(tail, w2 + full), xv);
+      a3 = dot(a3, _mm512_maskz_loadu_epi16(tail, w3 + full), xv);
+    }
+    y[r] = bf16(_mm512_reduce_add_ps(a0));
+    y[r + 1] = bf16(_mm512_reduce_add_ps(a1));
+    y[r + 2] = bf16(_mm512_reduce_add_ps(a2));
+    y[r + 3] = bf16(_mm512_reduce_add_ps(a3));
+  }
+  for (; r < end; ++r) {
+    const bf16* w0 = w + r * cols;
+    __m512 a0 = _mm512_setzero_ps();
+    for (int64_t k = 0; k < full; k += 32) a0 = dot(a0, load(w0 + k), load(x + k));
+    if (tail) a0 = dot(a0, _mm512_maskz_loadu_epi16(tail, w0 + full), _mm512_maskz_loadu_epi16(tail, x + full));
+    y[r] = bf16(_mm512_reduce_add_ps(a0));
+  }
+}
+
+void gemv_rows(const float* w, const float* x, float* y, int64_t begin, int64_t end, int64_t cols) {
+  gemv_rows_f32(w, x, y, begin, end, cols);
+}
+void gemv_rows(const bf16* w, const bf16* x, bf16* y, int64_t begin, int64_t end, int64_t cols) {
+  gemv_rows_bf16(w, x, y, begin, end, cols);
+}
+
+// One contiguous block of rows per thread (a multiple of 4 rows, so the 4-row loop covers almost everything).
+template <typename T>
+void gemv(const at::Tensor& weight, const T* x, T* y) {
+  const int64_t rows = weight.size(0), cols = weight.size(1);
+  const T* w = reinterpret_cast<const T*>(weight.const_data_ptr());
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t per_thread = (rows + threads - 1) / threads;
+  const int64_t grain = std::max<int64_t>(64, (per_thread + 3) / 4 * 4);
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) { gemv_rows(w, x, y, begin, end, cols); });
+}
+
+// ---- the elementwise parts, in the graph's order of operations and roundings ----------------------------------------
+
+// weight * rms_norm(x.float()).to(dtype)
+template <typename T>
+void rms_norm(const T* x, const T* weight, T* out, int64_t n, double eps) {
+  float sum = 0.0f;
+  for (int64_t i = 0; i < n; ++i) sum += as_float(x[i]) * as_float(x[i]);
+  const float r = 1.0f / std::sqrt(sum / static_cast<float>(n) + static_cast<float>(eps));
+  for (int64_t i = 0; i < n; ++i) out[i] = round_to<T>(as_float(weight[i]) * as_float(round_to<T>(as_float(x[i]) * r)));
+}
+
+// x * cos + roll(x, head_dim / 2) * sin, in place on one head
+template <typename T>
+void rotate(T* head, const T* cos, const T* sin, int64_t head_dim, float* tmp) {
+  for (int64_t d = 0; d < head_dim; ++d) tmp[d] = as_float(head[d]);
+  const int64_t half = head_dim / 2;
+  for (int64_t d = 0; d < head_dim; ++d) {
+    const float a = as_float(round_to<T>(tmp[d] * as_float(cos[d])));
+    const float b = as_float(round_to<T>(tmp[(d + half) % head_dim] * as_float(sin[d])));
+    head[d] = round_to<T>(a + b);
+  }
+}
+
+}  // namespace
+
+bool kernel_decode_supported(const std::string& dtype) {
+  __builtin_cpu_init();
+  if (!__builtin_cpu_supports("avx512f")) return false;
+  if (dtype == "float32") return true;
+  return dtype == "bfloat16" && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512bf16");
+}
+
+KernelDecoder::KernelDecoder(const torch::jit::Module& module, const std::string& dtype) : bf16_(dtype == "bfloat16") {
+  const auto expected = bf16_ ? at::kBFloat16 : at::kFloat;
+  auto buffer = [&](const torch::jit::Module& owner, const std::string& prefix, const std::string& name,
+                    int64_t dims) {
+    if (!owner.hasattr(name)) throw ManifestError("graph has no buffer '" + prefix + name + "'; re-run the export stage");
+    at::Tensor tensor = owner.attr(name).toTensor();
+    if (tensor.is_mkldnn() || tensor.scalar_type() != expected || tensor.dim() != dims || !tensor.is_contiguous())
+      throw ManifestError("graph buffer '" + prefix + name + "' is not a contiguous " + dtype + " tensor of " +
+                          std::to_string(dims) + " dimension(s); re-run the export stage");
+    return tensor;
+  };
+  embed_ = buffer(module, "", "embed", 2);
+  lm_head_ = buffer(module, "", "lm_head", 2);
+  norm_ = buffer(module, "", "norm", 1);
+  cos_ = buffer(module, "", "cos", 2);
+  sin_ = buffer(module, "", "sin", 2);
+  eps_ = module.attr("eps").toDouble();
+  max_seq_len_ = module.attr("max_seq_len").toInt();
+  vocab_ = lm_head_.size(0);
+  hidden_ = embed_.size(1);
+  head_dim_ = cos_.size(1);
+  scale_ = 1.0 / std::sqrt(static_cast<double>(head_dim_));
+  auto shape_error = [](const std::string& what) {
+    return ManifestError("graph " + what + " does not match the decoder layout; re-run the export stage");
+  };
+  if (lm_head_.size(1) != hidden_ || norm_.size(0) != hidden_ || cos_.size(0) < max_seq_len_ || head_dim_ % 2 ||
+      head_dim_ > 1024)
+    throw shape_error("embedding, output or rotary table shape");
+  int64_t max_rows = 0, max_width = 0, max_heads = 0;
+  for (const auto& child : module.attr("layers").toModule().named_children()) {
+    const std::string prefix = "layers." + child.name + ".";
+    Layer layer;
+    layer.attn_norm = buffer(child.value, prefix, "attn_norm", 1);
+    layer.mlp_norm = buffer(child.value, prefix, "mlp_norm", 1);
+    layer.qkv = buffer(child.value, prefix, "qkv", 2);
+    layer.out = buffer(child.value, prefix, "out", 2);
+    layer.gate_up = buffer(child.value, prefix, "gate_up", 2);
+    layer.down = buffer(child.value, prefix, "down", 2);
+    layer.heads = child.value.attr("heads").toInt();
+    layer.kv_heads = child.value.attr("kv_heads").toInt();
+    layer.width = child.value.attr("width").toInt();
+    const int64_t attn_width = layer.heads * head_dim_;
+    if (child.value.attr("head_dim").toInt() != head_dim_ || layer.kv_heads <= 0 || layer.heads % layer.kv_heads ||
+        layer.qkv.size(0) != (layer.heads + 2 * layer.kv_heads) * head_dim_ || layer.qkv.size(1) != hidden_ ||
+        layer.out.size(0) != hidden_ || layer.out.size(1) != attn_width || layer.gate_up.size(0) != 2 * layer.width ||
+        layer.gate_up.size(1) != hidden_ || layer.down.size(0) != hidden_ || layer.down.size(1) != layer.width)
+      throw shape_error("layer " + child.name);
+    max_rows = std::max(max_rows, layer.qkv.size(0));
+    max_width = std::max(max_width, layer.width);
+    max_heads = std::max(max_heads, layer.heads);
+    layers_.push_back(std::move(layer));
+  }
+  if (layers_.empty()) throw shape_error("layer list");
+  const auto options = at::TensorOptions().dtype(expected);
+  x_ = at::empty({hidden_}, options);
+  h_ = at::empty({hidden_}, options);
+  qkv_ = at::empty({max_rows}, options);
+  attn_ = at::empty({max_heads * head_dim_}, options);
+  gate_up_ = at::empty({2 * max_width}, options);
+  act_ = at::empty({max_width}, options);
+  logits_ = at::empty({vocab_}, options);
+  scores_ = at::empty({max_heads, max_seq_len_ + head_dim_}, at::kFloat);
+}
+
+int64_t KernelDecoder::step(int64_t token, int64_t pos, const std::vector<at::Tensor>& caches) {
+  if (token < 0 || token >= embed_.size(0)) throw std::invalid_argument("token id " + std::to_string(token) +
+                                                                        " is outside the vocabulary");
+  if (pos < 0 || pos >= max_seq_len_) throw std::invalid_argument("position " + std::to_string(pos) +
+                                                                  " is outside the cache");
+  if (caches.size() != 2 * layers_.size()) throw std::invalid_argument("expected one key and one value cache per layer");
+  return bf16_ ? step_as<bf16>(token, pos, caches) : step_as<float>(token, pos, caches);
+}
+
+template <typename T>
+int64_t KernelDecoder::step_as(int64_t token, int64_t pos, const std::vector<at::Tensor>& caches) {
+  auto ptr = [](const at::Tensor& t) { return reinterpret_cast<T*>(t.data_ptr()); };
+  auto cptr = [](const at::Tensor& t) { return reinterpret_cast<const T*>(t.const_data_ptr()); };
+  T* x = ptr(x_);
+  T* h = ptr(h_);
+  T* qkv = ptr(qkv_);
+  T* attn = ptr(attn_);
+  T* gate_up = ptr(gate_up_);
+  T* act = ptr(act_);
+  const T* cos = cptr(cos_) + pos * head_dim_;
+  const T* sin = cptr(sin_) + pos * head_dim_;
+  std::copy(cptr(embed_) + token * hidden_, cptr(embed_) + (token + 1) * hidden_, x);
+  const float scale = static_cast<float>(scale_);
+  const int64_t hd = head_dim_;
+
+  for (size_t index = 0; index < layers_.size(); ++index) {
+    const Layer& layer = layers_[index];
+    rms_norm(x, cptr(layer.attn_norm), h, hidden_, eps_);
+    gemv<T>(layer.qkv, h, qkv);
+    float tmp[1024];
+    for (int64_t head = 0; head < layer.heads + layer.kv_heads; ++head) rotate(qkv + head * hd, cos, sin, hd, tmp);
+    // the cache is [1, kv_heads, max_seq_len, head_dim]: write this position's key and value
+    T* k_cache = ptr(caches[2 * index]);
+    T* v_cache = ptr(caches[2 * index + 1]);
+    for (int64_t g = 0; g < layer.kv_heads; ++g) {
+      std::copy(qkv + (layer.heads + g) * hd, qkv + (layer.heads + g + 1) * hd, k_cache + (g * max_seq_len_ + pos) * hd);
+      std::copy(qkv + (layer.heads + layer.kv_heads + g) * hd, qkv + (layer.heads + layer.kv_heads + g + 1) * hd,
+                v_cache + (g * max_seq_len_ + pos) * hd);
+    }
+    // one query over positions 0..pos, in float32 (Decoder.attend_one); query head j uses key/value head
+    // j / (heads / kv_heads)
+    const int64_t group = layer.heads / layer.kv_heads;
+    float* scores_all = scores_.data_ptr<float>();
+    const int64_t stride = scores_.size(1);
+    at::parallel_for(0, layer.heads, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t j = begin; j < end; ++j) {
+        const T* q = qkv + j * hd;
+        const int64_t g = j / group;
+        const T* keys = k_cache + g * max_seq_len_ * hd;
+        const T* values = v_cache + g * max_seq_len_ * hd;
+        float* scores = scores_all + j * stride;
+        float* qf = scores + max_seq_len_;  // the query in float32, after the scores
+        for (int64_t d = 0; d < hd; ++d) qf[d] = as_float(q[d]);
+        float top = -std::numeric_limits<float>::infinity();
+        for (int64_t t = 0; t <= pos; ++t) {
+          const T* key = keys + t * hd;
+          float dot = 0.0f;
+          for (int64_t d = 0; d < hd; ++d) dot += qf[d] * as_float(key[d]);
+          scores[t] = dot * scale;
+          top = std::max(top, scores[t]);
+        }
+        float total = 0.0f;
+        for (int64_t t = 0; t <= pos; ++t) total += (scores[t] = std::exp(scores[t] - top));
+        float out[1024];
+        std::fill(out, out + hd, 0.0f);
+        for (int64_t t = 0; t <= pos; ++t) {
+          const float p = scores[t] / total;
+          const T* value = values + t * hd;
+          for (int64_t d = 0; d < hd; ++d) out[d] += p * as_float(value[d]);
+        }
+        for (int64_t d = 0; d < hd; ++d) attn[j * hd + d] = round_to<T>(out[d]);
+      }
+    });
+    gemv<T>(layer.out, attn, h);
+    for (int64_t i = 0; i < hidden_; ++i) x[i] = round_to<T>(as_float(x[i]) + as_float(h[i]));
+    rms_norm(x, cptr(layer.mlp_norm), h, hidden_, eps_);
+    gemv<T>(layer.gate_up, h, gate_up);
+    for (int64_t i = 0; i < layer.width; ++i) {
+      const float g = as_float(gate_up[i]);
+      const float silu = as_float(round_to<T>(g / (1.0f + std::exp(-g))));
+      act[i] = round_to<T>(silu * as_float(gate_up[layer.width + i]));
+    }
+    gemv<T>(layer.down, act, h);
+    for (int64_t i = 0; i < hidden_; ++i) x[i] = round_to<T>(as_float(x[i]) + as_float(h[i]));
+  }
+  rms_norm(x, cptr(norm_), h, hidden_, eps_);
+  T* logits = ptr(logits_);
+  gemv<T>(lm_head_, h, logits);
+  int64_t best = 0;
+  float best_value = as_float(logits[0]);
+  for (int64_t i = 1; i < vocab_; ++i) {
+    const float value = as_float(logits[i]);
+    if (value > best_value || (std::isnan(value) && !std::isnan(best_value))) {
+      best = i;
+      best_value = value;
+    }
+  }
+  return best;
+}
+
+std::vector<float> KernelDecoder::last_logits() const {
+  at::Tensor flat = logits_.to(at::kFloat).contiguous();
+  return std::vector<float>(flat.data_ptr<float>(), flat.data_ptr<float>() + flat.numel());
+}
+
+}  // namespace sqlcopilot
