@@ -1,6 +1,7 @@
-"""Compare the three ways to run one model on Spider dev prompts: transformers generate, the exported TorchScript
-graphs driven from Python, and the C++ runner. Checks they produce the same tokens, then prints prefill and decode
-speed (medians over repeats) and decode speed as a fraction of the memory-bandwidth bound.
+"""Compare the ways to run one model on Spider dev prompts: transformers generate, the exported TorchScript graphs
+driven from Python, and the C++ runner (decoding with its hand-written kernels, and with the graph's decode_step).
+Checks they produce the same tokens, then prints prefill and decode speed (medians over repeats) and decode speed
+as a fraction of the memory-bandwidth bound.
 
     .venv/bin/python scripts/benchmark_runtimes.py --model work/smollm2_base --export work/export_fp32
     .venv/bin/python scripts/benchmark_runtimes.py --model work/smollm2_base --export work/export_bf16 --dtype bfloat16
@@ -15,6 +16,7 @@ not exceed bandwidth / bytes read per token; bandwidth is measured here by summi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -97,8 +99,9 @@ def measure(runtimes: dict, prompt_ids: list[list[int]], repeats: int) -> tuple[
 
 
 def report_agreement(tokens: dict[str, list]) -> None:
-    pairs = [("graphs from Python", "transformers generate"), ("C++ runner", "transformers generate"),
-             ("C++ runner", "graphs from Python")]
+    cpp = [name for name in tokens if name.startswith("C++")]
+    pairs = [("graphs from Python", "transformers generate"), *((name, "transformers generate") for name in cpp),
+             *((name, "graphs from Python") for name in cpp)]
     for name, other in pairs:
         same = sum(a == b for a, b in zip(tokens[name], tokens[other]))
         print(f"{name} vs {other}: same tokens on {same}/{len(tokens[name])} prompts")
@@ -150,10 +153,10 @@ def summarize(runs: list[tuple[float, float, int]]) -> dict:
 
 def print_table(results: dict[str, dict], bound: float, new_tokens: float) -> None:
     hf = results["transformers generate"]["query_ms"]
-    print(f"\n{'runtime':24s} {'prefill ms':>10s} {'decode tok/s':>12s} {'query ms':>9s} {'vs HF':>6s} "
+    print(f"\n{'runtime':26s} {'prefill ms':>10s} {'decode tok/s':>12s} {'query ms':>9s} {'vs HF':>6s} "
           f"{'% of bound':>10s}")
     for name, row in results.items():
-        print(f"{name:24s} {row['prefill_ms']:10.1f} {row['decode_tok_s']:12.1f} {row['query_ms']:9.1f} "
+        print(f"{name:26s} {row['prefill_ms']:10.1f} {row['decode_tok_s']:12.1f} {row['query_ms']:9.1f} "
               f"{hf / row['query_ms']:5.2f}x {100 * row['decode_tok_s'] / bound:9.0f}%")
     print(f"(median over prompts x repeats; {new_tokens:.1f} new tokens per query on average)")
 
@@ -169,6 +172,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--decode", default="kernel,graph", help="C++ decode modes to run (kernel, graph, auto)")
     args = parser.parse_args()
 
     model, tokenizer = load_model(args.model, dtype=DTYPES[args.dtype])
@@ -183,10 +187,12 @@ def main() -> None:
     bandwidth = read_bandwidth_gbs(args.threads)  # measured again at the end; the higher is the bound
     torch.set_num_threads(args.threads)
 
-    with CppRunner(runner, args.export, threads=args.threads) as cpp:
-        runtimes = {"transformers generate": lambda ids: run_transformers(model, ids, args.new_tokens, eos),
-                    "graphs from Python": lambda ids: run_graphs(exported, ids, args.new_tokens, eos),
-                    "C++ runner": lambda ids: run_cpp(cpp, ids, args.new_tokens)}
+    runtimes = {"transformers generate": lambda ids: run_transformers(model, ids, args.new_tokens, eos),
+                "graphs from Python": lambda ids: run_graphs(exported, ids, args.new_tokens, eos)}
+    with contextlib.ExitStack() as stack:
+        for mode in [m.strip() for m in args.decode.split(",") if m.strip()]:
+            cpp = stack.enter_context(CppRunner(runner, args.export, threads=args.threads, decode=mode))
+            runtimes[f"C++ runner ({mode})"] = lambda ids, cpp=cpp: run_cpp(cpp, ids, args.new_tokens)
         runs, tokens = measure(runtimes, prompt_ids, args.repeats)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 

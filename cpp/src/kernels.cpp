@@ -156,6 +156,61 @@ void rotate(T* head, const T* cos, const T* sin, int64_t head_dim, float* tmp) {
   }
 }
 
+// ---- attention of one query head over `positions` cached keys and values, in float32 (Decoder.attend_one) ----------
+
+#define SQLCOPILOT_AVX512 __attribute__((target("avx512f")))
+
+SQLCOPILOT_AVX512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+SQLCOPILOT_AVX512 inline __m512 load16(const bf16* p) {  // bfloat16 is the top half of a float32
+  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+// head_dim a multiple of 16: the query stays in registers' worth of float32, one reduction per position.
+template <typename T>
+SQLCOPILOT_AVX512 void attend_one_avx512(const T* q, const T* keys, const T* values, int64_t positions, int64_t hd,
+                                         float scale, float* scores, float* out) {
+  float top = -std::numeric_limits<float>::infinity();
+  for (int64_t t = 0; t < positions; ++t) {
+    const T* key = keys + t * hd;
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t d = 0; d < hd; d += 16) acc = _mm512_fmadd_ps(load16(q + d), load16(key + d), acc);
+    scores[t] = _mm512_reduce_add_ps(acc) * scale;
+    top = std::max(top, scores[t]);
+  }
+  float total = 0.0f;
+  for (int64_t t = 0; t < positions; ++t) total += (scores[t] = std::exp(scores[t] - top));
+  for (int64_t d = 0; d < hd; d += 16) _mm512_storeu_ps(out + d, _mm512_setzero_ps());
+  for (int64_t t = 0; t < positions; ++t) {
+    const __m512 p = _mm512_set1_ps(scores[t] / total);
+    const T* value = values + t * hd;
+    for (int64_t d = 0; d < hd; d += 16)
+      _mm512_storeu_ps(out + d, _mm512_fmadd_ps(p, load16(value + d), _mm512_loadu_ps(out + d)));
+  }
+}
+
+template <typename T>
+void attend_one(const T* q, const T* keys, const T* values, int64_t positions, int64_t hd, float scale, float* scores,
+                float* out) {
+  if (hd % 16 == 0) return attend_one_avx512(q, keys, values, positions, hd, scale, scores, out);
+  float top = -std::numeric_limits<float>::infinity();
+  for (int64_t t = 0; t < positions; ++t) {
+    const T* key = keys + t * hd;
+    float dot = 0.0f;
+    for (int64_t d = 0; d < hd; ++d) dot += as_float(q[d]) * as_float(key[d]);
+    scores[t] = dot * scale;
+    top = std::max(top, scores[t]);
+  }
+  float total = 0.0f;
+  for (int64_t t = 0; t < positions; ++t) total += (scores[t] = std::exp(scores[t] - top));
+  std::fill(out, out + hd, 0.0f);
+  for (int64_t t = 0; t < positions; ++t) {
+    const float p = scores[t] / total;
+    const T* value = values + t * hd;
+    for (int64_t d = 0; d < hd; ++d) out[d] += p * as_float(value[d]);
+  }
+}
+
 }  // namespace
 
 bool kernel_decode_supported(const std::string& dtype) {
@@ -277,28 +332,10 @@ int64_t KernelDecoder::step_as(int64_t token, int64_t pos, const std::vector<at:
       for (int64_t j = begin; j < end; ++j) {
         const T* q = qkv + j * hd;
         const int64_t g = j / group;
-        const T* keys = k_cache + g * max_seq_len_ * hd;
-        const T* values = v_cache + g * max_seq_len_ * hd;
         float* scores = scores_all + j * stride;
-        float* qf = scores + max_seq_len_;  // the query in float32, after the scores
-        for (int64_t d = 0; d < hd; ++d) qf[d] = as_float(q[d]);
-        float top = -std::numeric_limits<float>::infinity();
-        for (int64_t t = 0; t <= pos; ++t) {
-          const T* key = keys + t * hd;
-          float dot = 0.0f;
-          for (int64_t d = 0; d < hd; ++d) dot += qf[d] * as_float(key[d]);
-          scores[t] = dot * scale;
-          top = std::max(top, scores[t]);
-        }
-        float total = 0.0f;
-        for (int64_t t = 0; t <= pos; ++t) total += (scores[t] = std::exp(scores[t] - top));
-        float out[1024];
-        std::fill(out, out + hd, 0.0f);
-        for (int64_t t = 0; t <= pos; ++t) {
-          const float p = scores[t] / total;
-          const T* value = values + t * hd;
-          for (int64_t d = 0; d < hd; ++d) out[d] += p * as_float(value[d]);
-        }
+        float* out = scores + max_seq_len_;  // the head's output in float32, after the scores
+        attend_one(q, k_cache + g * max_seq_len_ * hd, v_cache + g * max_seq_len_ * hd, pos + 1, hd, scale, scores,
+                   out);
         for (int64_t d = 0; d < hd; ++d) attn[j * hd + d] = round_to<T>(out[d]);
       }
     });
