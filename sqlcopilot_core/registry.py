@@ -97,11 +97,16 @@ def register_artifact(artifact: Artifact, stage_keys: dict[str, str], scores: di
     """Register `artifact` as a new version of `name` (aliased candidate; champion when should_promote).
 
     The version's source is logged into `run_id` (the flow's MLflow run) or, without one, a run of its own.
-    Returns the ModelVersion with its aliases.
+    An artifact already registered with the same scores (a rebuild that was all cache hits) keeps its version, which
+    becomes the candidate again. Returns the ModelVersion with its aliases.
     """
     if "ex" not in scores:
         raise RegistryError(f"register_artifact({artifact.path}): scores need 'ex', got {sorted(scores)}")
     mlflow_client = tracking.client()
+    tags = version_tags(artifact, stage_keys, scores)
+    same = registered_version(name, tags)
+    if same is not None:
+        return set_aliases(name, same.version, float(scores["ex"]))
     own_run = run_id is None
     run_id = run_id or tracking.start_run(f"register-{name}", tags={"registered_model": name})
     source = log_version_source(run_id, artifact, stage_keys)
@@ -111,13 +116,29 @@ def register_artifact(artifact: Artifact, stage_keys: dict[str, str], scores: di
         mlflow_client.create_registered_model(name, description="SQL-Copilot text-to-SQL models; tags point at "
                                                                 "the artifact store")
     version = mlflow_client.create_model_version(
-        name, source, run_id, tags=version_tags(artifact, stage_keys, scores),
-        description=f"{artifact.stage} artifact {artifact.key} (ex={scores['ex']})")
-    mlflow_client.set_registered_model_alias(name, CANDIDATE, version.version)
+        name, source, run_id, tags=tags, description=f"{artifact.stage} artifact {artifact.key} (ex={scores['ex']})")
+    return set_aliases(name, version.version, float(scores["ex"]))
+
+
+def registered_version(name: str, tags: dict[str, str]):
+    """The version of `name` whose tags are exactly `tags`' scores, keys and artifact, or None."""
+    if not tracking.client().search_registered_models(f"name = '{name}'"):
+        return None
+    query = f"name = '{name}' and tags.artifact_key = '{tags['artifact_key']}'"
+    for version in tracking.client().search_model_versions(query):
+        if all(version.tags.get(key) == value for key, value in tags.items()):
+            return version
+    return None
+
+
+def set_aliases(name: str, version: str, ex: float):
+    """`version` becomes the candidate, and the champion when should_promote against the current champion."""
+    mlflow_client = tracking.client()
+    mlflow_client.set_registered_model_alias(name, CANDIDATE, version)
     champion = alias_version(name, CHAMPION)
-    if should_promote(float(scores["ex"]), version_ex(champion) if champion else None):
-        mlflow_client.set_registered_model_alias(name, CHAMPION, version.version)
-    return mlflow_client.get_model_version(name, version.version)
+    if should_promote(ex, version_ex(champion) if champion else None):
+        mlflow_client.set_registered_model_alias(name, CHAMPION, version)
+    return mlflow_client.get_model_version(name, version)
 
 
 def alias_version(name: str, alias: str):

@@ -62,6 +62,12 @@ def test_versions_carry_scores_keys_and_path_and_champion_moves_only_on_equal_or
     assert registry.version_artifact(registry.get_version(name, 1)).key == "a"
     assert registry.version_artifact(registry.get_version(name, "2")).key == "b"
 
+    # registering an artifact again with the same scores (an all-cache-hit rebuild) reuses its version
+    again = registry.register_artifact(registry.version_artifact(worse), KEYS, {**scores, "ex": 0.4}, name)
+    assert again.version == worse.version and set(again.aliases) == {"candidate"}
+    rescored = registry.register_artifact(registry.version_artifact(worse), KEYS, {**scores, "ex": 0.45}, name)
+    assert int(rescored.version) == int(tie.version) + 1
+
 
 def test_version_source_is_a_small_pointer_not_the_weights(name, tmp_path):
     artifact = committed("p", weights=b"x" * 4096)
