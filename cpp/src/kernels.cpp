@@ -4,12 +4,8 @@
 #include <c10/util/BFloat16.h>
 #include <immintrin.h>
 
-#include <sys/mman.h>
-
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 #include <limits>
 
 #include "sqlcopilot/runner.h"
@@ -277,7 +273,6 @@ KernelDecoder::KernelDecoder(const torch::jit::Module& module, const std::string
     layers_.push_back(std::move(layer));
   }
   if (layers_.empty()) throw shape_error("layer list");
-  move_matrices_to_arena();
   const auto options = at::TensorOptions().dtype(expected);
   x_ = at::empty({hidden_}, options);
   h_ = at::empty({hidden_}, options);
@@ -287,26 +282,6 @@ KernelDecoder::KernelDecoder(const torch::jit::Module& module, const std::string
   act_ = at::empty({max_width}, options);
   logits_ = at::empty({vocab_}, options);
   scores_ = at::empty({max_heads, max_seq_len_ + head_dim_}, at::kFloat);
-}
-
-void KernelDecoder::move_matrices_to_arena() {
-  std::vector<at::Tensor*> matrices{&lm_head_};
-  for (Layer& layer : layers_)
-    for (at::Tensor* matrix : {&layer.qkv, &layer.out, &layer.gate_up, &layer.down}) matrices.push_back(matrix);
-  constexpr size_t kAlign = 64, kHugePage = size_t{2} << 20;
-  size_t total = 0;
-  for (const at::Tensor* matrix : matrices) total += (matrix->nbytes() + kAlign - 1) / kAlign * kAlign;
-  total = (total + kHugePage - 1) / kHugePage * kHugePage;
-  void* block = nullptr;
-  if (posix_memalign(&block, kHugePage, total) != 0) throw std::bad_alloc();
-  arena_ = std::unique_ptr<void, void (*)(void*)>(block, std::free);
-  madvise(block, total, MADV_HUGEPAGE);  // advice only: without huge pages the kernels run all the same
-  auto* cursor = static_cast<char*>(block);
-  for (at::Tensor* matrix : matrices) {
-    std::memcpy(cursor, matrix->const_data_ptr(), matrix->nbytes());
-    *matrix = at::from_blob(cursor, matrix->sizes(), matrix->options());  // the arena outlives these views
-    cursor += (matrix->nbytes() + kAlign - 1) / kAlign * kAlign;
-  }
 }
 
 int64_t KernelDecoder::step(int64_t token, int64_t pos, const std::vector<at::Tensor>& caches) {

@@ -10,7 +10,6 @@
 #include <torch/script.h>
 
 #include <cstdint>
-#include <memory>
 #include <string>
 #include <vector>
 
@@ -39,11 +38,6 @@ class KernelDecoder {
   };
   template <typename T>
   int64_t step_as(int64_t token, int64_t pos, const std::vector<at::Tensor>& caches);
-  void move_matrices_to_arena();
-
-  // The matrices the kernels stream, copied into one block of transparent huge pages (2 MiB, where the kernel
-  // allows them): a 4 KiB page holds 32-64 rows, so streaming 4 KiB pages costs a TLB miss every few rows.
-  std::unique_ptr<void, void (*)(void*)> arena_{nullptr, nullptr};
 
   bool bf16_ = false;
   int64_t hidden_ = 0, head_dim_ = 0, vocab_ = 0, max_seq_len_ = 0;
