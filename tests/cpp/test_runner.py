@@ -81,16 +81,16 @@ def test_ctest_passes_and_the_test_program_checks_generation(built, tiny_exports
     assert "PASS generation equals transformers' greedy tokens" in full and "13 passed, 0 failed" in full, full
 
 
-@pytest.mark.parametrize("decode", ["kernel", "graph"])
+@pytest.mark.parametrize("decode, threads", [("kernel", 1), ("kernel", 2), ("graph", 1)])
 @pytest.mark.parametrize("export", ["float32", "pruned"])
-def test_cpp_tokens_and_logits_equal_python(built, tiny_exports, export, decode):
+def test_cpp_tokens_and_logits_equal_python(built, tiny_exports, export, decode, threads):
     if decode == "kernel" and not KERNELS:
         pytest.skip("this CPU lacks AVX-512F: the runner decodes with the graph only")
     model_key = "uniform_model" if export == "float32" else "pruned_model"
     model, tokenizer = load_model(tiny_exports[model_key])
     exported = load_exported(tiny_exports[export])
     ids_list = [prompt_ids(tokenizer, p)[0].tolist() for p in PROMPTS]
-    with CppRunner(built["runner"], tiny_exports[export], threads=1, decode=decode) as runner:
+    with CppRunner(built["runner"], tiny_exports[export], threads=threads, decode=decode) as runner:
         results = runner.generate(ids_list, NEW_TOKENS, return_logits=True)
     largest = 0.0
     for ids, (cpp_tokens, timings) in zip(ids_list, results):
@@ -102,20 +102,20 @@ def test_cpp_tokens_and_logits_equal_python(built, tiny_exports, export, decode)
             reference = model(torch.tensor([ids + cpp_tokens[:1]])).logits[0, -2:]
         for got, want in zip((timings["first_logits"], timings["step_logits"]), reference):
             largest = max(largest, (torch.tensor(got) - want).abs().max().item())
-    print(f"\n{export} ({decode}): C++ prefill and decode-step logits vs transformers: largest |difference| "
+    print(f"\n{export} ({decode}, {threads} thread(s)): C++ prefill and decode-step logits vs transformers: largest |difference| "
           f"{largest:.3g}")
     assert largest < 1e-4
 
 
-@pytest.mark.parametrize("decode", ["kernel", "graph"])
+@pytest.mark.parametrize("decode, threads", [("kernel", 1), ("kernel", 2), ("graph", 1)])
 @pytest.mark.parametrize("export", ["bfloat16", "pruned_bfloat16"])
-def test_cpp_bfloat16_equals_python_graphs(built, tiny_exports, export, decode):
+def test_cpp_bfloat16_equals_python_graphs(built, tiny_exports, export, decode, threads):
     if decode == "kernel" and not BF16_KERNELS:
         pytest.skip("this CPU lacks AVX-512 BF16: the runner decodes bfloat16 with the graph only")
     exported = load_exported(tiny_exports[export])
     tokenizer = exported.tokenizer()
     ids_list = [prompt_ids(tokenizer, p)[0].tolist() for p in PROMPTS]
-    with CppRunner(built["runner"], tiny_exports[export], threads=1, decode=decode) as runner:
+    with CppRunner(built["runner"], tiny_exports[export], threads=threads, decode=decode) as runner:
         results = runner.generate(ids_list, NEW_TOKENS, return_logits=True)
     largest = 0.0
     for ids, (cpp_tokens, timings) in zip(ids_list, results):
@@ -128,7 +128,7 @@ def test_cpp_bfloat16_equals_python_graphs(built, tiny_exports, export, decode):
             assert torch.equal(torch.tensor(timings["step_logits"]), step)
         # the kernels add in another order than oneDNN, so a bfloat16 rounding may land one step apart
         largest = max(largest, ((torch.tensor(timings["step_logits"]) - step).abs() / step.abs().max()).max().item())
-    print(f"\n{export} ({decode}): decode-step logits vs Python graphs: largest |difference| / largest |logit| "
+    print(f"\n{export} ({decode}, {threads} thread(s)): decode-step logits vs Python graphs: largest |difference| / largest |logit| "
           f"{largest:.3g}")
     assert largest < 2 ** -6
 

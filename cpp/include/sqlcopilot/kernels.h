@@ -9,6 +9,8 @@
 
 #include <torch/script.h>
 
+#include "sqlcopilot/team.h"
+
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -20,8 +22,9 @@ bool kernel_decode_supported(const std::string& dtype);
 
 class KernelDecoder {
  public:
-  // Reads the weights of a loaded, unpacked export module (see Decoder in decoder.py). Throws ManifestError when a
-  // buffer is missing or shaped differently from what the export stage writes.
+  // Reads the weights of a loaded, unpacked export module (see Decoder in decoder.py) and starts a team of
+  // at::get_num_threads() threads. Throws ManifestError when a buffer is missing or shaped differently from what
+  // the export stage writes.
   KernelDecoder(const torch::jit::Module& module, const std::string& dtype);
 
   // Feeds `token` at position `pos`, writes that position of `caches` (k0, v0, k1, v1, ..., each
@@ -47,6 +50,7 @@ class KernelDecoder {
   // Scratch, allocated once: residual stream, normed input, projections, attention output, MLP activations, logits
   // (all in the model's dtype) and float32 attention scores per query head.
   at::Tensor x_, h_, qkv_, attn_, gate_up_, act_, logits_, scores_;
+  Team team_;  // at::get_num_threads() members, fixed when the decoder is made
 };
 
 }  // namespace sqlcopilot
