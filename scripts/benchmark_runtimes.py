@@ -10,7 +10,8 @@ On a machine shared with other work, prefix OMP_WAIT_POLICY=PASSIVE or pass --th
 wait, two threads that must meet at every operation slow each other down about twentyfold (all three runtimes).
 
 The bound: decoding one token reads every weight matrix once (plus the key/value cache so far), so tokens/s can
-not exceed bandwidth / bytes read per token; bandwidth is measured here by summing a 1 GiB tensor.
+not exceed bandwidth / bytes read per token; bandwidth is measured here by summing a 256 MiB tensor (8x the L3
+cache) before every round of runs, and each run is compared with the reading of its own moment.
 """
 
 from __future__ import annotations
@@ -82,20 +83,28 @@ def run_cpp(cpp: CppRunner, ids: list[int], max_new: int) -> tuple[list[int], fl
     return out, timings["prefill_ms"], timings["decode_ms"]
 
 
-def measure(runtimes: dict, prompt_ids: list[list[int]], repeats: int) -> tuple[dict, dict]:
-    """(prefill_ms, decode_ms, new tokens) per runtime per run, and each runtime's tokens from the first repeat.
-    Runtimes alternate prompt by prompt so background load on the machine hits them alike."""
+def measure(runtimes: dict, prompt_ids: list[list[int]], repeats: int, threads: int) -> tuple[dict, dict, list]:
+    """(prefill_ms, decode_ms, new tokens, GB/s) per runtime per run, each runtime's tokens from the first repeat, and
+    every bandwidth reading. Runtimes alternate prompt by prompt so background load on the machine hits them alike,
+    and the read bandwidth is measured again before each prompt's round: on a shared (virtual) machine it moves by
+    a factor of two within minutes, so each run is judged against the bandwidth of its own moment."""
     runs: dict[str, list] = {name: [] for name in runtimes}
     tokens: dict[str, list] = {name: [] for name in runtimes}
+    readings = []
+    for run in runtimes.values():  # warm-up, unmeasured: first calls, and the runner processes finish loading
+        run(prompt_ids[0])
     for repeat in range(repeats):
         for ids in prompt_ids:
+            readings.append(read_bandwidth_gbs(threads, size=2 ** 26))
+            torch.set_num_threads(threads)
             for name, run in runtimes.items():
+                time.sleep(0.5)  # the previous runtime's OpenMP threads stop spinning before this one starts
                 out, prefill_ms, decode_ms = run(ids)
-                runs[name].append((prefill_ms, decode_ms, len(out)))
+                runs[name].append((prefill_ms, decode_ms, len(out), readings[-1]))
                 if repeat == 0:
                     tokens[name].append(out)
         print(f"repeat {repeat + 1}/{repeats} done", flush=True)
-    return runs, tokens
+    return runs, tokens, readings
 
 
 def report_agreement(tokens: dict[str, list]) -> None:
@@ -107,10 +116,16 @@ def report_agreement(tokens: dict[str, list]) -> None:
         print(f"{name} vs {other}: same tokens on {same}/{len(tokens[name])} prompts")
 
 
-def read_bandwidth_gbs(threads: int, repeats: int = 5) -> float:
-    """Median GB/s of summing a 1 GiB float32 tensor (a pure streaming read), with `threads` threads."""
+_READ_BUFFERS: dict[int, torch.Tensor] = {}
+
+
+def read_bandwidth_gbs(threads: int, repeats: int = 5, size: int = 2 ** 28) -> float:
+    """Median GB/s of summing a float32 tensor of `size` elements (1 GiB by default; far beyond the caches), a pure
+    streaming read, with `threads` threads. Random values, so no page is a copy of another."""
     torch.set_num_threads(threads)
-    data = torch.ones(2 ** 28)
+    if size not in _READ_BUFFERS:
+        _READ_BUFFERS[size] = torch.rand(size)
+    data = _READ_BUFFERS[size]
     data.sum()
     times = []
     for _ in range(repeats):
@@ -143,22 +158,26 @@ def ensure_export(model_dir: Path, export_dir: Path, dtype: str, prompts: list[s
         export_model(model_dir, export_dir, ExportConfig(dtype=dtype, max_seq_len=2048), prompts)
 
 
-def summarize(runs: list[tuple[float, float, int]]) -> dict:
-    """Medians over (prefill_ms, decode_ms, new tokens) runs; decode speed counts tokens after the first."""
-    per_token = [decode / (new - 1) for _, decode, new in runs if new > 1]
+def summarize(runs: list[tuple[float, float, int, float]], per_token_bytes: float) -> dict:
+    """Medians over (prefill_ms, decode_ms, new tokens, GB/s) runs; decode speed counts tokens after the first, and
+    its fraction of the bound uses the bandwidth read just before the run."""
+    decoding = [(decode / (new - 1), gbs) for _, decode, new, gbs in runs if new > 1]
     return {"prefill_ms": statistics.median(r[0] for r in runs),
             "query_ms": statistics.median(r[0] + r[1] for r in runs),
-            "decode_tok_s": 1e3 / statistics.median(per_token) if per_token else float("nan")}
+            "decode_tok_s": 1e3 / statistics.median(ms for ms, _ in decoding) if decoding else float("nan"),
+            "of_bound": statistics.median((1e3 / ms) / (gbs * 1e9 / per_token_bytes) for ms, gbs in decoding)
+            if decoding else float("nan")}
 
 
-def print_table(results: dict[str, dict], bound: float, new_tokens: float) -> None:
+def print_table(results: dict[str, dict], new_tokens: float) -> None:
     hf = results["transformers generate"]["query_ms"]
     print(f"\n{'runtime':26s} {'prefill ms':>10s} {'decode tok/s':>12s} {'query ms':>9s} {'vs HF':>6s} "
           f"{'% of bound':>10s}")
     for name, row in results.items():
         print(f"{name:26s} {row['prefill_ms']:10.1f} {row['decode_tok_s']:12.1f} {row['query_ms']:9.1f} "
-              f"{hf / row['query_ms']:5.2f}x {100 * row['decode_tok_s'] / bound:9.0f}%")
-    print(f"(median over prompts x repeats; {new_tokens:.1f} new tokens per query on average)")
+              f"{hf / row['query_ms']:5.2f}x {100 * row['of_bound']:9.0f}%")
+    print(f"(median over prompts x repeats; {new_tokens:.1f} new tokens per query on average; % of bound: median "
+          f"over runs of decode tokens/s / (bandwidth read before that run / bytes per token))")
 
 
 def main() -> None:
@@ -184,7 +203,6 @@ def main() -> None:
     runner = args.runner or Path(build_runner(ROOT / "cpp", ROOT / "work" / "build" / "cpp-bench")["runner"])
     eos = exported.eos_token_id
     print(f"load average before: {os.getloadavg()[0]:.2f} (2 cores; other work on the machine skews timings)")
-    bandwidth = read_bandwidth_gbs(args.threads)  # measured again at the end; the higher is the bound
     torch.set_num_threads(args.threads)
 
     runtimes = {"transformers generate": lambda ids: run_transformers(model, ids, args.new_tokens, eos),
@@ -193,18 +211,18 @@ def main() -> None:
         for mode in [m.strip() for m in args.decode.split(",") if m.strip()]:
             cpp = stack.enter_context(CppRunner(runner, args.export, threads=args.threads, decode=mode))
             runtimes[f"C++ runner ({mode})"] = lambda ids, cpp=cpp: run_cpp(cpp, ids, args.new_tokens)
-        runs, tokens = measure(runtimes, prompt_ids, args.repeats)
+        runs, tokens, readings = measure(runtimes, prompt_ids, args.repeats, args.threads)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
     report_agreement(tokens)
-    bandwidth = max(bandwidth, read_bandwidth_gbs(args.threads))
     mean_new = statistics.mean(len(t) for t in tokens["transformers generate"])
     mean_position = statistics.mean(len(ids) for ids in prompt_ids) + mean_new / 2
     per_token = bytes_per_token(exported.manifest, mean_position)
-    bound = bandwidth * 1e9 / per_token
-    print(f"\n{args.dtype}, {args.threads} thread(s): read bandwidth {bandwidth:.1f} GB/s, {per_token / 1e6:.0f} MB read "
-          f"per decoded token -> bound {bound:.1f} tokens/s")
-    print_table({name: summarize(r) for name, r in runs.items()}, bound, mean_new)
+    bandwidth = statistics.median(readings)
+    print(f"\n{args.dtype}, {args.threads} thread(s): read bandwidth {bandwidth:.1f} GB/s (median of {len(readings)} "
+          f"readings, {min(readings):.1f}-{max(readings):.1f}), {per_token / 1e6:.0f} MB read per decoded token -> "
+          f"bound {bandwidth * 1e9 / per_token:.1f} tokens/s at the median")
+    print_table({name: summarize(r, per_token) for name, r in runs.items()}, mean_new)
 
 
 if __name__ == "__main__":
