@@ -109,20 +109,94 @@ void gemv(const at::Tensor& weight, const T* x, T* y, int thread, int threads) {
 
 // ---- the elementwise parts, in the graph's order of operations and roundings ----------------------------------------
 
-// weight * rms_norm(x.float()).to(dtype)
+#define SQLCOPILOT_AVX512 __attribute__((target("avx512f")))
+
+SQLCOPILOT_AVX512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+SQLCOPILOT_AVX512 inline __m512 load16(const bf16* p) {  // bfloat16 is the top half of a float32
+  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+// float32 bits rounded to the nearest bfloat16, ties to even (NaN stays a quiet NaN), as c10::BFloat16 rounds.
+SQLCOPILOT_AVX512 inline __m512i bf16_bits(__m512 v) {
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  return _mm512_mask_mov_epi32(_mm512_srli_epi32(rounded, 16), nan, _mm512_set1_epi32(0x7FC0));
+}
+SQLCOPILOT_AVX512 inline void store16(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
+SQLCOPILOT_AVX512 inline void store16(bf16* p, __m512 v) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(bf16_bits(v)));
+}
+// v rounded to T and back to float32: what one elementwise op of the graph leaves
+SQLCOPILOT_AVX512 inline __m512 rounded(__m512 v, float) { return v; }
+SQLCOPILOT_AVX512 inline __m512 rounded(__m512 v, bf16) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(bf16_bits(v), 16));
+}
+
+// x[i] = x[i] + h[i] over [begin, end), returning the float32 sum of squares of the new x there. Vector steps need
+// begin and end at multiples of 16 (`share` keeps them so; the scalar loop takes any remainder).
 template <typename T>
-void rms_norm(const T* x, const T* weight, T* out, int64_t n, double eps) {
-  float sum = 0.0f;
-  for (int64_t i = 0; i < n; ++i) sum += as_float(x[i]) * as_float(x[i]);
-  const float r = 1.0f / std::sqrt(sum / static_cast<float>(n) + static_cast<float>(eps));
-  for (int64_t i = 0; i < n; ++i) out[i] = round_to<T>(as_float(weight[i]) * as_float(round_to<T>(as_float(x[i]) * r)));
+SQLCOPILOT_AVX512 float add_and_square(T* x, const T* h, int64_t begin, int64_t end) {
+  __m512 acc = _mm512_setzero_ps();
+  int64_t i = begin;
+  for (; i + 16 <= end; i += 16) {
+    const __m512 sum = rounded(_mm512_add_ps(load16(x + i), load16(h + i)), T());
+    store16(x + i, sum);
+    acc = _mm512_fmadd_ps(sum, sum, acc);
+  }
+  float squares = _mm512_reduce_add_ps(acc);
+  for (; i < end; ++i) {
+    x[i] = round_to<T>(as_float(x[i]) + as_float(h[i]));
+    squares += as_float(x[i]) * as_float(x[i]);
+  }
+  return squares;
+}
+
+// The sum of squares of x over [begin, end) (the first norm of a token, before any residual add).
+template <typename T>
+SQLCOPILOT_AVX512 float sum_of_squares(const T* x, int64_t begin, int64_t end) {
+  __m512 acc = _mm512_setzero_ps();
+  int64_t i = begin;
+  for (; i + 16 <= end; i += 16) acc = _mm512_fmadd_ps(load16(x + i), load16(x + i), acc);
+  float squares = _mm512_reduce_add_ps(acc);
+  for (; i < end; ++i) squares += as_float(x[i]) * as_float(x[i]);
+  return squares;
+}
+
+// out = weight * rms_norm(x.float()).to(dtype) over [begin, end), with r = 1 / sqrt(mean square + eps) given
+template <typename T>
+SQLCOPILOT_AVX512 void scale_norm(const T* x, const T* weight, T* out, float r, int64_t begin, int64_t end) {
+  const __m512 rv = _mm512_set1_ps(r);
+  int64_t i = begin;
+  for (; i + 16 <= end; i += 16)
+    store16(out + i, _mm512_mul_ps(load16(weight + i), rounded(_mm512_mul_ps(load16(x + i), rv), T())));
+  for (; i < end; ++i) out[i] = round_to<T>(as_float(weight[i]) * as_float(round_to<T>(as_float(x[i]) * r)));
+}
+
+inline float inverse_rms(float squares, int64_t n, double eps) {
+  return 1.0f / std::sqrt(squares / static_cast<float>(n) + static_cast<float>(eps));
 }
 
 // x * cos + roll(x, head_dim / 2) * sin, in place on one head
 template <typename T>
-void rotate(T* head, const T* cos, const T* sin, int64_t head_dim, float* tmp) {
-  for (int64_t d = 0; d < head_dim; ++d) tmp[d] = as_float(head[d]);
+SQLCOPILOT_AVX512 void rotate(T* head, const T* cos, const T* sin, int64_t head_dim) {
   const int64_t half = head_dim / 2;
+  if (half % 16 == 0) {
+    for (int64_t d = 0; d < half; d += 16) {
+      const __m512 lo = load16(head + d), hi = load16(head + half + d);
+      const __m512 new_lo = rounded(_mm512_add_ps(rounded(_mm512_mul_ps(lo, load16(cos + d)), T()),
+                                                  rounded(_mm512_mul_ps(hi, load16(sin + d)), T())), T());
+      const __m512 new_hi = rounded(_mm512_add_ps(rounded(_mm512_mul_ps(hi, load16(cos + half + d)), T()),
+                                                  rounded(_mm512_mul_ps(lo, load16(sin + half + d)), T())), T());
+      store16(head + d, new_lo);
+      store16(head + half + d, new_hi);
+    }
+    return;
+  }
+  float tmp[1024];
+  for (int64_t d = 0; d < head_dim; ++d) tmp[d] = as_float(head[d]);
   for (int64_t d = 0; d < head_dim; ++d) {
     const float a = as_float(round_to<T>(tmp[d] * as_float(cos[d])));
     const float b = as_float(round_to<T>(tmp[(d + half) % head_dim] * as_float(sin[d])));
@@ -131,14 +205,6 @@ void rotate(T* head, const T* cos, const T* sin, int64_t head_dim, float* tmp) {
 }
 
 // ---- attention of one query head over `positions` cached keys and values, in float32 (Decoder.attend_one) ----------
-
-#define SQLCOPILOT_AVX512 __attribute__((target("avx512f")))
-
-SQLCOPILOT_AVX512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-SQLCOPILOT_AVX512 inline __m512 load16(const bf16* p) {  // bfloat16 is the top half of a float32
-  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-}
 
 // head_dim a multiple of 16: the query stays in registers' worth of float32, one reduction per position.
 template <typename T>
@@ -257,6 +323,8 @@ KernelDecoder::KernelDecoder(const torch::jit::Module& module, const std::string
   act_ = at::empty({max_width}, options);
   logits_ = at::empty({vocab_}, options);
   scores_ = at::empty({max_heads, max_seq_len_ + head_dim_}, at::kFloat);
+  partial_.assign(team_.size(), 0.0f);
+  best_.assign(team_.size(), {0.0f, 0});
 }
 
 int64_t KernelDecoder::step(int64_t token, int64_t pos, const std::vector<at::Tensor>& caches) {
@@ -286,31 +354,41 @@ int64_t KernelDecoder::step_as(int64_t token, int64_t pos, const std::vector<at:
   float* scores_all = scores_.data_ptr<float>();
   const int64_t stride = scores_.size(1);
 
-  // One team run per token: every thread walks all layers, taking its rows of each matrix product and its heads of
-  // the attention; the small elementwise steps run on thread 0; a barrier separates steps that depend on each other.
+  // One team run per token: every thread walks all layers, taking its rows of each matrix product, its heads of the
+  // rotation and the attention, and its slice of each elementwise step; a barrier separates dependent steps. A norm
+  // needs the sum of squares of the whole vector: each thread adds up its slice into partial_, and after a barrier
+  // every thread adds the partials in the same order, so all get the same scale.
+  std::vector<float>& partial = partial_;
+  std::vector<std::pair<float, int64_t>>& best = best_;
   team_.run([&](int thread, int threads) {
-    auto serial = [&](auto&& work) {  // thread 0 does `work`, then everyone waits for it
-      if (thread == 0) work();
+    const auto [lo, hi] = share(hidden_, thread, threads, 16);
+    auto norm_into = [&](const at::Tensor& weight) {  // h = norm(x) * weight, after partial[] is written
+      team_.barrier();
+      float squares = 0.0f;
+      for (int t = 0; t < threads; ++t) squares += partial[t];
+      scale_norm(x, cptr(weight), h, inverse_rms(squares, hidden_, eps_), lo, hi);
       team_.barrier();
     };
-    serial([&] { std::copy(cptr(embed_) + token * hidden_, cptr(embed_) + (token + 1) * hidden_, x);
-                 rms_norm(x, cptr(layers_[0].attn_norm), h, hidden_, eps_); });
+    std::copy(cptr(embed_) + token * hidden_ + lo, cptr(embed_) + token * hidden_ + hi, x + lo);
+    partial[thread] = sum_of_squares(x, lo, hi);
+    norm_into(layers_[0].attn_norm);
     for (size_t index = 0; index < layers_.size(); ++index) {
       const Layer& layer = layers_[index];
       T* k_cache = ptr(caches[2 * index]);  // [1, kv_heads, max_seq_len, head_dim]
       T* v_cache = ptr(caches[2 * index + 1]);
       gemv<T>(layer.qkv, h, qkv, thread, threads);
       team_.barrier();
-      serial([&] {
-        float tmp[1024];
-        for (int64_t head = 0; head < layer.heads + layer.kv_heads; ++head) rotate(qkv + head * hd, cos, sin, hd, tmp);
-        for (int64_t g = 0; g < layer.kv_heads; ++g) {  // this position's key and value into the cache
-          const T* key = qkv + (layer.heads + g) * hd;
-          const T* value = qkv + (layer.heads + layer.kv_heads + g) * hd;
-          std::copy(key, key + hd, k_cache + (g * max_seq_len_ + pos) * hd);
-          std::copy(value, value + hd, v_cache + (g * max_seq_len_ + pos) * hd);
-        }
-      });
+      // rotate query and key heads; a key head's thread also writes it and its value head into the cache
+      const auto [first_rotated, end_rotated] = share(layer.heads + layer.kv_heads, thread, threads);
+      for (int64_t j = first_rotated; j < end_rotated; ++j) {
+        rotate(qkv + j * hd, cos, sin, hd);
+        if (j < layer.heads) continue;
+        const int64_t g = j - layer.heads;
+        const T* value = qkv + (layer.heads + layer.kv_heads + g) * hd;
+        std::copy(qkv + j * hd, qkv + (j + 1) * hd, k_cache + (g * max_seq_len_ + pos) * hd);
+        std::copy(value, value + hd, v_cache + (g * max_seq_len_ + pos) * hd);
+      }
+      team_.barrier();
       // one query over positions 0..pos, in float32 (Decoder.attend_one); query head j uses key/value head
       // j / (heads / kv_heads)
       const auto [first_head, end_head] = share(layer.heads, thread, threads);
@@ -325,10 +403,8 @@ int64_t KernelDecoder::step_as(int64_t token, int64_t pos, const std::vector<at:
       team_.barrier();
       gemv<T>(layer.out, attn, h, thread, threads);
       team_.barrier();
-      serial([&] {
-        for (int64_t i = 0; i < hidden_; ++i) x[i] = round_to<T>(as_float(x[i]) + as_float(h[i]));
-        rms_norm(x, cptr(layer.mlp_norm), h, hidden_, eps_);
-      });
+      partial[thread] = add_and_square(x, h, lo, hi);
+      norm_into(layer.mlp_norm);
       gemv<T>(layer.gate_up, h, gate_up, thread, threads);
       team_.barrier();
       const auto [first, end] = share(layer.width, thread, threads);
@@ -340,24 +416,26 @@ int64_t KernelDecoder::step_as(int64_t token, int64_t pos, const std::vector<at:
       team_.barrier();
       gemv<T>(layer.down, act, h, thread, threads);
       team_.barrier();
-      serial([&] {
-        for (int64_t i = 0; i < hidden_; ++i) x[i] = round_to<T>(as_float(x[i]) + as_float(h[i]));
-        const bool last = index + 1 == layers_.size();
-        rms_norm(x, cptr(last ? norm_ : layers_[index + 1].attn_norm), h, hidden_, eps_);
-      });
+      partial[thread] = add_and_square(x, h, lo, hi);
+      norm_into(index + 1 == layers_.size() ? norm_ : layers_[index + 1].attn_norm);
     }
+    // this thread's rows of the logits, and the first largest among them
+    const auto [first_row, end_row] = share(vocab_, thread, threads, 16);
     gemv<T>(lm_head_, h, logits, thread, threads);
-  });
-  int64_t best = 0;
-  float best_value = as_float(logits[0]);
-  for (int64_t i = 1; i < vocab_; ++i) {
-    const float value = as_float(logits[i]);
-    if (value > best_value || (std::isnan(value) && !std::isnan(best_value))) {
-      best = i;
-      best_value = value;
+    std::pair<float, int64_t> top{-std::numeric_limits<float>::infinity(), first_row};
+    for (int64_t i = first_row; i < end_row; ++i) {
+      const float value = as_float(logits[i]);
+      if (value > top.first || (std::isnan(value) && !std::isnan(top.first))) top = {value, i};
     }
+    best[thread] = top;
+  });
+  // the first largest logit overall (NaN counts as largest, as torch.argmax has it): threads hold ascending rows
+  std::pair<float, int64_t> top = best[0];
+  for (int t = 1; t < team_.size(); ++t) {
+    const auto& candidate = best[t];
+    if (candidate.first > top.first || (std::isnan(candidate.first) && !std::isnan(top.first))) top = candidate;
   }
-  return best;
+  return top.second;
 }
 
 std::vector<float> KernelDecoder::last_logits() const {

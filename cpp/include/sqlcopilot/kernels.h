@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace sqlcopilot {
@@ -51,6 +52,8 @@ class KernelDecoder {
   // (all in the model's dtype) and float32 attention scores per query head.
   at::Tensor x_, h_, qkv_, attn_, gate_up_, act_, logits_, scores_;
   Team team_;  // at::get_num_threads() members, fixed when the decoder is made
+  std::vector<float> partial_;                   // per member: its slice's sum of squares before a norm
+  std::vector<std::pair<float, int64_t>> best_;  // per member: its largest logit and where
 };
 
 }  // namespace sqlcopilot
