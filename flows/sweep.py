@@ -14,14 +14,11 @@ from typing import Any
 from prefect import flow
 
 from sqlcopilot_core import tracking
-from sqlcopilot_core.artifacts import Artifact, ArtifactError, load_artifact
 from sqlcopilot_core.report import sweep_markdown, sweep_plot, sweep_rows
 from flows.settings import resolve_settings
 from tasks.distill import distill
 from tasks.download_base import download_base
-from tasks.evaluate import python_scorer
-from tasks.stage import scored
-from tasks.finetune import finetune
+from tasks.finetune import existing_finetune, finetune
 from tasks.prune import prune
 
 
@@ -36,35 +33,22 @@ def prune_sweep(profile: str = "smoke", ratios: list[float] | None = None, overr
     """
     settings = resolve_settings(profile, overrides or [], spider_dir)
     ratios = ratios or [0.75, 0.5, 0.25]
-    given = load_teacher(teacher) if teacher else None
     run_id = tracking.start_run("prune-sweep", {**settings, "ratios": ratios, "teacher": teacher or ""},
                                 tags={"flow": "prune-sweep"})
     try:
         evaluate, folder = settings["evaluate"], settings["spider_dir"]
-        if given is not None:  # scored like a cache hit, so its row compares with the students' under this eval
-            metrics = {**given.metrics, **scored("finetune", given.key, given.path, python_scorer(evaluate), evaluate,
-                                                 run_id)}
-            teacher_artifact = Artifact(given.path, {**given.manifest, "metrics": metrics})
+        if teacher:
+            tuned = existing_finetune(teacher, evaluate, run_id)
         else:
             base = download_base(settings["download_base"], evaluate, run_id)
-            teacher_artifact = finetune(settings["finetune"], base, folder, evaluate, run_id)
-        teacher = teacher_artifact
-        results = [sweep_one(ratio, settings, teacher, run_id) for ratio in ratios]
-        rows = publish(run_id, teacher.metrics, results)
+            tuned = finetune(settings["finetune"], base, folder, evaluate, run_id)
+        results = [sweep_one(ratio, settings, tuned, run_id) for ratio in ratios]
+        rows = publish(run_id, tuned.metrics, results)
     except BaseException:
         tracking.end_run(run_id, "FAILED")
         raise
     tracking.end_run(run_id)
-    return {"mlflow_run_id": run_id, "teacher": str(teacher.path), "rows": rows}
-
-
-def load_teacher(path: str) -> Artifact:
-    """A fine-tuned artifact given by path, verified; an error names the folder and what is wrong with it."""
-    artifact = load_artifact(path)
-    if artifact.stage != "finetune":
-        raise ArtifactError(f"{path}: --teacher must be a finetune artifact, this one is from stage "
-                            f"'{artifact.stage}'")
-    return artifact
+    return {"mlflow_run_id": run_id, "teacher": str(tuned.path), "rows": rows}
 
 
 def sweep_one(ratio: float, settings: dict[str, Any], teacher, parent_run_id: str) -> dict[str, Any]:

@@ -122,8 +122,6 @@ def register_artifact(artifact: Artifact, stage_keys: dict[str, str], scores: di
 
 def registered_version(name: str, tags: dict[str, str]):
     """The version of `name` whose tags are exactly `tags`' scores, keys and artifact, or None."""
-    if not tracking.client().search_registered_models(f"name = '{name}'"):
-        return None
     query = f"name = '{name}' and tags.artifact_key = '{tags['artifact_key']}'"
     for version in tracking.client().search_model_versions(query):
         if all(version.tags.get(key) == value for key, value in tags.items()):

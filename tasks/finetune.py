@@ -12,14 +12,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from sqlcopilot_core import tracking
-from sqlcopilot_core.artifacts import Artifact
+from sqlcopilot_core.artifacts import Artifact, ArtifactError, load_artifact
 from sqlcopilot_core.config import config_from_dict, config_to_dict
 from sqlcopilot_core.finetune import FinetuneConfig, finetune as train_on_spider
 from sqlcopilot_core.modeling import load_model
 from sqlcopilot_core.scoring import resolve_spider_dir
 from sqlcopilot_core.spider import load_split
 from tasks.evaluate import python_scorer
-from tasks.stage import run_stage
+from tasks.stage import run_stage, with_score
 
 MODULES = ("finetune", "training", "modeling", "prompting", "spider", "sqlexec", "evaluation", "generate")
 
@@ -41,3 +41,14 @@ def finetune(settings: dict[str, Any], base: Artifact, spider_dir: str | None, e
 
     return run_stage("finetune", resolved, {"base": base}, MODULES, produce, parent_run_id,
                      score=python_scorer(eval_settings), eval_config=eval_settings)
+
+
+@task(name="existing_finetune", cache_policy=NO_CACHE)
+def existing_finetune(path: str, eval_settings: dict[str, Any], run_id: str) -> Artifact:
+    """A fine-tuned artifact given by path (e.g. `sweep --teacher`), verified, and scored under `eval_settings` like a
+    cache hit so it compares with models scored now; an error names the folder and what is wrong with it."""
+    artifact = load_artifact(path)
+    if artifact.stage != "finetune":
+        raise ArtifactError(f"{path}: --teacher must be a finetune artifact, this one is from stage "
+                            f"'{artifact.stage}'")
+    return with_score(artifact, python_scorer(eval_settings), eval_settings, run_id)

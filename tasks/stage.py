@@ -62,10 +62,10 @@ def run_stage(stage: str, config: dict[str, Any], upstream: dict[str, Artifact],
     if hit is not None:
         log.info(f"{stage}: cache hit {hit.path}")
         run_id = tracking.start_run(stage, config, parent_run_id, {**tags, "cache_hit": "true"})
-        metrics = {**hit.metrics, **scored(stage, key, hit.path, score, eval_config, run_id)}
-        tracking.log_metrics(run_id, metrics)
+        artifact = with_score(hit, score, eval_config, run_id)
+        tracking.log_metrics(run_id, artifact.metrics)
         tracking.end_run(run_id)
-        return Artifact(hit.path, {**hit.manifest, "metrics": metrics})
+        return artifact
     log.info(f"{stage}: producing {artifacts.path(stage, key)}")
     run_id = tracking.start_run(stage, config, parent_run_id, {**tags, "cache_hit": "false"})
     staging = artifacts.staging(stage, key)
@@ -85,6 +85,13 @@ def run_stage(stage: str, config: dict[str, Any], upstream: dict[str, Artifact],
     tracking.end_run(run_id)
     log.info(f"{stage}: committed {artifact.path} metrics={metrics}")
     return artifact
+
+
+def with_score(artifact: Artifact, score: Scorer | None, eval_config: dict[str, Any] | None,
+               run_id: str) -> Artifact:
+    """A committed artifact with its score under `eval_config` (cached, or scored now) merged into its metrics."""
+    metrics = {**artifact.metrics, **scored(artifact.stage, artifact.key, artifact.path, score, eval_config, run_id)}
+    return Artifact(artifact.path, {**artifact.manifest, "metrics": metrics})
 
 
 def scored(stage: str, key: str, model_dir: Path, score: Scorer | None, eval_config: dict[str, Any] | None,
