@@ -29,10 +29,9 @@ inline bf16 round_to<bf16>(float v) { return bf16(v); }  // round to nearest eve
 // ---- matrix-vector products y = W x, W [rows, cols] row-major ----------------------------------------------------
 //
 // Each thread takes one contiguous block of rows and reads it front to back, one row at a time with four independent
-// accumulators, prefetching kPrefetch bytes ahead: a single sequential stream per core is what the memory system
-// serves fastest (measured here: about 12% faster than four interleaved row streams).
-
-constexpr int64_t kPrefetch = 1024;
+// accumulators: a single sequential stream per core is what the memory system serves fastest (measured here: about
+// 12% faster than four interleaved row streams). The hardware prefetchers follow such a stream on their own;
+// software prefetches 1 KiB ahead made it 12-15% slower in a streaming microbenchmark here (2026-12-02).
 
 __attribute__((target("avx512f"))) void gemv_rows_f32(const float* w, const float* x, float* y, int64_t begin,
                                                       int64_t end, int64_t cols) {
@@ -43,8 +42,6 @@ __attribute__((target("avx512f"))) void gemv_rows_f32(const float* w, const floa
     __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
     int64_t k = 0;
     for (; k + 64 <= full; k += 64) {
-      const char* ahead = reinterpret_cast<const char*>(row + k) + kPrefetch;
-      for (int line = 0; line < 4; ++line) _mm_prefetch(ahead + 64 * line, _MM_HINT_T0);
       a0 = _mm512_fmadd_ps(_mm512_loadu_ps(row + k), _mm512_loadu_ps(x + k), a0);
       a1 = _mm512_fmadd_ps(_mm512_loadu_ps(row + k + 16), _mm512_loadu_ps(x + k + 16), a1);
       a2 = _mm512_fmadd_ps(_mm512_loadu_ps(row + k + 32), _mm512_loadu_ps(x + k + 32), a2);
@@ -74,8 +71,6 @@ SQLCOPILOT_BF16_TARGET void gemv_rows_bf16(const bf16* w, const bf16* x, bf16* y
     __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
     int64_t k = 0;
     for (; k + 128 <= full; k += 128) {
-      const char* ahead = reinterpret_cast<const char*>(row + k) + kPrefetch;
-      for (int line = 0; line < 4; ++line) _mm_prefetch(ahead + 64 * line, _MM_HINT_T0);
       a0 = dot(a0, load(row + k), load(x + k));
       a1 = dot(a1, load(row + k + 32), load(x + k + 32));
       a2 = dot(a2, load(row + k + 64), load(x + k + 64));
@@ -179,75 +174,198 @@ inline float inverse_rms(float squares, int64_t n, double eps) {
   return 1.0f / std::sqrt(squares / static_cast<float>(n) + static_cast<float>(eps));
 }
 
-// x * cos + roll(x, head_dim / 2) * sin, in place on one head
+// dst = src * cos + roll(src, head_dim / 2) * sin for one head (src and dst do not overlap)
 template <typename T>
-SQLCOPILOT_AVX512 void rotate(T* head, const T* cos, const T* sin, int64_t head_dim) {
+SQLCOPILOT_AVX512 void rotate(const T* src, T* dst, const T* cos, const T* sin, int64_t head_dim) {
   const int64_t half = head_dim / 2;
   if (half % 16 == 0) {
     for (int64_t d = 0; d < half; d += 16) {
-      const __m512 lo = load16(head + d), hi = load16(head + half + d);
-      const __m512 new_lo = rounded(_mm512_add_ps(rounded(_mm512_mul_ps(lo, load16(cos + d)), T()),
-                                                  rounded(_mm512_mul_ps(hi, load16(sin + d)), T())), T());
-      const __m512 new_hi = rounded(_mm512_add_ps(rounded(_mm512_mul_ps(hi, load16(cos + half + d)), T()),
-                                                  rounded(_mm512_mul_ps(lo, load16(sin + half + d)), T())), T());
-      store16(head + d, new_lo);
-      store16(head + half + d, new_hi);
+      const __m512 lo = load16(src + d), hi = load16(src + half + d);
+      store16(dst + d, _mm512_add_ps(rounded(_mm512_mul_ps(lo, load16(cos + d)), T()),
+                                     rounded(_mm512_mul_ps(hi, load16(sin + d)), T())));
+      store16(dst + half + d, _mm512_add_ps(rounded(_mm512_mul_ps(hi, load16(cos + half + d)), T()),
+                                            rounded(_mm512_mul_ps(lo, load16(sin + half + d)), T())));
     }
     return;
   }
-  float tmp[1024];
-  for (int64_t d = 0; d < head_dim; ++d) tmp[d] = as_float(head[d]);
   for (int64_t d = 0; d < head_dim; ++d) {
-    const float a = as_float(round_to<T>(tmp[d] * as_float(cos[d])));
-    const float b = as_float(round_to<T>(tmp[(d + half) % head_dim] * as_float(sin[d])));
-    head[d] = round_to<T>(a + b);
+    const float a = as_float(round_to<T>(as_float(src[d]) * as_float(cos[d])));
+    const float b = as_float(round_to<T>(as_float(src[(d + half) % head_dim]) * as_float(sin[d])));
+    dst[d] = round_to<T>(a + b);
   }
 }
 
-// ---- attention of one query head over `positions` cached keys and values, in float32 (Decoder.attend_one) ----------
+// e^x in float32 for 16 lanes (Cephes' expf: x = n ln2 + r, a degree-6 polynomial for e^r, scaled by 2^n), within
+// about 1 ulp of std::exp; underflows to 0 below -104.
+SQLCOPILOT_AVX512 inline __m512 exp16(__m512 x) {
+  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.7f)), _mm512_set1_ps(-104.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(y, n);
+}
 
-// head_dim a multiple of 16: the query stays in registers' worth of float32, one reduction per position.
+// act[i] = silu(gate[i]) * up[i] over [begin, end), rounding after each op as the graph does
 template <typename T>
-SQLCOPILOT_AVX512 void attend_one_avx512(const T* q, const T* keys, const T* values, int64_t positions, int64_t hd,
-                                         float scale, float* scores, float* out) {
-  float top = -std::numeric_limits<float>::infinity();
-  for (int64_t t = 0; t < positions; ++t) {
-    const T* key = keys + t * hd;
-    __m512 acc = _mm512_setzero_ps();
-    for (int64_t d = 0; d < hd; d += 16) acc = _mm512_fmadd_ps(load16(q + d), load16(key + d), acc);
+SQLCOPILOT_AVX512 void silu_times(const T* gate, const T* up, T* act, int64_t begin, int64_t end) {
+  int64_t i = begin;
+  for (; i + 16 <= end; i += 16) {
+    const __m512 g = load16(gate + i);
+    const __m512 silu = rounded(_mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(
+                                                                   _mm512_setzero_ps(), g)))), T());
+    store16(act + i, _mm512_mul_ps(silu, load16(up + i)));
+  }
+  for (; i < end; ++i) {
+    const float g = as_float(gate[i]);
+    act[i] = round_to<T>(as_float(round_to<T>(g / (1.0f + std::exp(-g)))) * as_float(up[i]));
+  }
+}
+
+// ---- attention: one query over cached positions, in float32 (Decoder.attend_one) --------------------------------
+//
+// The positions 0..pos are split between the threads (every thread takes every head over its share), so the work is
+// even whatever the head count. Each thread leaves, per head, its running maximum score, its sum of e^(score - max)
+// and its unnormalised e^(score - max)-weighted sum of values; the shares are merged as in flash-decoding.
+
+// The 16 sums of v[0..15], one per lane, by a tree of in-register shuffles (instead of 16 horizontal reductions).
+SQLCOPILOT_AVX512 inline __m512 sums16(const __m512* v) {
+  __m512 w[8], x[4];
+  for (int i = 0; i < 8; ++i)  // lanes 0-1: 8 partial sums of v[2i]; lanes 2-3: of v[2i + 1]
+    w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+                         _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+  for (int i = 0; i < 4; ++i)  // lane k: 4 partial sums of v[4i + k]
+    x[i] = _mm512_add_ps(_mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], 0x88),
+                         _mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], 0xDD));
+  const __m512 y0 = _mm512_add_ps(_mm512_unpacklo_ps(x[0], x[1]), _mm512_unpackhi_ps(x[0], x[1]));
+  const __m512 y1 = _mm512_add_ps(_mm512_unpacklo_ps(x[2], x[3]), _mm512_unpackhi_ps(x[2], x[3]));
+  const __m512 z = _mm512_add_ps(
+      _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(y0), _mm512_castps_pd(y1))),
+      _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(y0), _mm512_castps_pd(y1))));
+  // z[4k + m] is the sum of v[4m + k]
+  return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), z);
+}
+
+// scores[t] = (q . keys[t]) * scale for t in [begin, end); head_dim = 16 * kVectors
+template <typename T, int kVectors>
+SQLCOPILOT_AVX512 void head_scores(const T* q, const T* keys, int64_t begin, int64_t end, float scale,
+                                   float* scores) {
+  constexpr int64_t hd = 16 * kVectors;
+  __m512 query[kVectors];
+  for (int v = 0; v < kVectors; ++v) query[v] = load16(q + 16 * v);
+  int64_t t = begin;
+  for (; t + 16 <= end; t += 16) {
+    __m512 acc[16];
+    for (int i = 0; i < 16; ++i) {
+      const T* key = keys + (t + i) * hd;
+      acc[i] = _mm512_mul_ps(query[0], load16(key));
+      for (int v = 1; v < kVectors; ++v) acc[i] = _mm512_fmadd_ps(query[v], load16(key + 16 * v), acc[i]);
+    }
+    _mm512_storeu_ps(scores + t, _mm512_mul_ps(sums16(acc), _mm512_set1_ps(scale)));
+  }
+  for (; t < end; ++t) {
+    __m512 acc = _mm512_mul_ps(query[0], load16(keys + t * hd));
+    for (int v = 1; v < kVectors; ++v) acc = _mm512_fmadd_ps(query[v], load16(keys + t * hd + 16 * v), acc);
     scores[t] = _mm512_reduce_add_ps(acc) * scale;
-    top = std::max(top, scores[t]);
   }
-  float total = 0.0f;
-  for (int64_t t = 0; t < positions; ++t) total += (scores[t] = std::exp(scores[t] - top));
-  for (int64_t d = 0; d < hd; d += 16) _mm512_storeu_ps(out + d, _mm512_setzero_ps());
-  for (int64_t t = 0; t < positions; ++t) {
-    const __m512 p = _mm512_set1_ps(scores[t] / total);
-    const T* value = values + t * hd;
-    for (int64_t d = 0; d < hd; d += 16)
-      _mm512_storeu_ps(out + d, _mm512_fmadd_ps(p, load16(value + d), _mm512_loadu_ps(out + d)));
+}
+
+// out = sum over t in [begin, end) of weights[t] * values[t]; head_dim = 16 * kVectors
+template <typename T, int kVectors>
+SQLCOPILOT_AVX512 void head_values(const float* weights, const T* values, int64_t begin, int64_t end, float* out) {
+  constexpr int64_t hd = 16 * kVectors;
+  __m512 acc[kVectors];
+  for (int v = 0; v < kVectors; ++v) acc[v] = _mm512_setzero_ps();
+  for (int64_t t = begin; t < end; ++t) {
+    const __m512 w = _mm512_set1_ps(weights[t]);
+    for (int v = 0; v < kVectors; ++v) acc[v] = _mm512_fmadd_ps(w, load16(values + t * hd + 16 * v), acc[v]);
+  }
+  for (int v = 0; v < kVectors; ++v) _mm512_storeu_ps(out + 16 * v, acc[v]);
+}
+
+// scores[t] = e^(scores[t] - top) over [begin, end); returns their sum
+SQLCOPILOT_AVX512 float exp_shifted(float* scores, int64_t begin, int64_t end, float top) {
+  const __m512 shift = _mm512_set1_ps(top);
+  __m512 acc = _mm512_setzero_ps();
+  int64_t t = begin;
+  for (; t + 16 <= end; t += 16) {
+    const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(scores + t), shift));
+    _mm512_storeu_ps(scores + t, e);
+    acc = _mm512_add_ps(acc, e);
+  }
+  float total = _mm512_reduce_add_ps(acc);
+  for (; t < end; ++t) total += (scores[t] = std::exp(scores[t] - top));
+  return total;
+}
+
+template <typename T>
+void scalar_scores(const T* q, const T* keys, int64_t begin, int64_t end, int64_t hd, float scale, float* scores) {
+  for (int64_t t = begin; t < end; ++t) {
+    float dot = 0.0f;
+    for (int64_t d = 0; d < hd; ++d) dot += as_float(q[d]) * as_float(keys[t * hd + d]);
+    scores[t] = dot * scale;
   }
 }
 
 template <typename T>
-void attend_one(const T* q, const T* keys, const T* values, int64_t positions, int64_t hd, float scale, float* scores,
-                float* out) {
-  if (hd % 16 == 0) return attend_one_avx512(q, keys, values, positions, hd, scale, scores, out);
-  float top = -std::numeric_limits<float>::infinity();
-  for (int64_t t = 0; t < positions; ++t) {
-    const T* key = keys + t * hd;
-    float dot = 0.0f;
-    for (int64_t d = 0; d < hd; ++d) dot += as_float(q[d]) * as_float(key[d]);
-    scores[t] = dot * scale;
-    top = std::max(top, scores[t]);
-  }
-  float total = 0.0f;
-  for (int64_t t = 0; t < positions; ++t) total += (scores[t] = std::exp(scores[t] - top));
+void scalar_values(const float* weights, const T* values, int64_t begin, int64_t end, int64_t hd, float* out) {
   std::fill(out, out + hd, 0.0f);
-  for (int64_t t = 0; t < positions; ++t) {
-    const float p = scores[t] / total;
-    const T* value = values + t * hd;
-    for (int64_t d = 0; d < hd; ++d) out[d] += p * as_float(value[d]);
+  for (int64_t t = begin; t < end; ++t)
+    for (int64_t d = 0; d < hd; ++d) out[d] += weights[t] * as_float(values[t * hd + d]);
+}
+
+// One head's share [begin, end) of the positions: writes {max score, sum of e^(score - max)} to state and the
+// unnormalised weighted sum of values to out[0..hd). `scores` is scratch for at least `end` floats.
+template <typename T>
+void attend_share(const T* q, const T* keys, const T* values, int64_t begin, int64_t end, int64_t hd, float scale,
+                  float* scores, float* state, float* out) {
+  if (begin >= end) {
+    state[0] = -std::numeric_limits<float>::infinity();
+    state[1] = 0.0f;
+    std::fill(out, out + hd, 0.0f);
+    return;
+  }
+  switch (hd) {
+#define SQLCOPILOT_HEAD_SCORES(V) \
+  case 16 * V: head_scores<T, V>(q, keys, begin, end, scale, scores); break;
+    SQLCOPILOT_HEAD_SCORES(1) SQLCOPILOT_HEAD_SCORES(2) SQLCOPILOT_HEAD_SCORES(3) SQLCOPILOT_HEAD_SCORES(4)
+    SQLCOPILOT_HEAD_SCORES(5) SQLCOPILOT_HEAD_SCORES(6) SQLCOPILOT_HEAD_SCORES(7) SQLCOPILOT_HEAD_SCORES(8)
+    default: scalar_scores(q, keys, begin, end, hd, scale, scores);
+  }
+  const float top = *std::max_element(scores + begin, scores + end);
+  state[0] = top;
+  state[1] = exp_shifted(scores, begin, end, top);
+  switch (hd) {
+#define SQLCOPILOT_HEAD_VALUES(V) \
+  case 16 * V: head_values<T, V>(scores, values, begin, end, out); break;
+    SQLCOPILOT_HEAD_VALUES(1) SQLCOPILOT_HEAD_VALUES(2) SQLCOPILOT_HEAD_VALUES(3) SQLCOPILOT_HEAD_VALUES(4)
+    SQLCOPILOT_HEAD_VALUES(5) SQLCOPILOT_HEAD_VALUES(6) SQLCOPILOT_HEAD_VALUES(7) SQLCOPILOT_HEAD_VALUES(8)
+    default: scalar_values(scores, values, begin, end, hd, out);
+  }
+}
+
+// attn = the merged shares of one head, softmax-normalised and rounded to T
+template <typename T>
+void merge_shares(const float* partials, int64_t stride, int threads, int64_t hd, T* attn) {
+  float top = -std::numeric_limits<float>::infinity();
+  for (int t = 0; t < threads; ++t) top = std::max(top, partials[t * stride]);
+  float weights[KernelDecoder::kMaxThreads], total = 0.0f;
+  for (int t = 0; t < threads; ++t) {
+    const float* state = partials + t * stride;
+    weights[t] = state[1] > 0.0f ? std::exp(state[0] - top) : 0.0f;
+    total += weights[t] * state[1];
+  }
+  for (int64_t d = 0; d < hd; ++d) {
+    float sum = 0.0f;
+    for (int t = 0; t < threads; ++t) sum += weights[t] * partials[t * stride + 2 + d];
+    attn[d] = round_to<T>(sum / total);
   }
 }
 
@@ -261,7 +379,7 @@ bool kernel_decode_supported(const std::string& dtype) {
 }
 
 KernelDecoder::KernelDecoder(const torch::jit::Module& module, const std::string& dtype)
-    : bf16_(dtype == "bfloat16"), team_(at::get_num_threads()) {
+    : bf16_(dtype == "bfloat16"), team_(std::min(at::get_num_threads(), kMaxThreads)) {
   const auto expected = bf16_ ? at::kBFloat16 : at::kFloat;
   auto buffer = [&](const torch::jit::Module& owner, const std::string& prefix, const std::string& name,
                     int64_t dims) {
@@ -314,17 +432,24 @@ KernelDecoder::KernelDecoder(const torch::jit::Module& module, const std::string
     layers_.push_back(std::move(layer));
   }
   if (layers_.empty()) throw shape_error("layer list");
+  // Shared scratch: residual stream, projections, MLP activations, logits, and per member its attention shares. Per
+  // member, rows padded to whole cache lines: its normed input, rotated queries, attention output, score scratch.
   const auto options = at::TensorOptions().dtype(expected);
+  const int64_t members = team_.size(), attn_width = max_heads * head_dim_;
+  auto padded = [](int64_t n) { return (n + 31) / 32 * 32; };
   x_ = at::empty({hidden_}, options);
   h_ = at::empty({hidden_}, options);
   qkv_ = at::empty({max_rows}, options);
-  attn_ = at::empty({max_heads * head_dim_}, options);
   gate_up_ = at::empty({2 * max_width}, options);
   act_ = at::empty({max_width}, options);
   logits_ = at::empty({vocab_}, options);
-  scores_ = at::empty({max_heads, max_seq_len_ + head_dim_}, at::kFloat);
-  partial_.assign(team_.size(), 0.0f);
-  best_.assign(team_.size(), {0.0f, 0});
+  normed_ = at::empty({members, padded(hidden_)}, options);
+  queries_ = at::empty({members, padded(attn_width)}, options);
+  attn_ = at::empty({members, padded(attn_width)}, options);
+  scores_ = at::empty({members, padded(max_seq_len_)}, at::kFloat);
+  shares_ = at::empty({members, max_heads, padded(head_dim_ + 2)}, at::kFloat);
+  partial_.assign(members, 0.0f);
+  best_.assign(members, {0.0f, 0});
 }
 
 int64_t KernelDecoder::step(int64_t token, int64_t pos, const std::vector<at::Tensor>& caches) {
@@ -343,7 +468,6 @@ int64_t KernelDecoder::step_as(int64_t token, int64_t pos, const std::vector<at:
   T* x = ptr(x_);
   T* h = ptr(h_);
   T* qkv = ptr(qkv_);
-  T* attn = ptr(attn_);
   T* gate_up = ptr(gate_up_);
   T* act = ptr(act_);
   T* logits = ptr(logits_);
@@ -351,77 +475,75 @@ int64_t KernelDecoder::step_as(int64_t token, int64_t pos, const std::vector<at:
   const T* sin = cptr(sin_) + pos * head_dim_;
   const float scale = static_cast<float>(scale_);
   const int64_t hd = head_dim_;
-  float* scores_all = scores_.data_ptr<float>();
-  const int64_t stride = scores_.size(1);
+  const int64_t share_stride = shares_.size(1) * shares_.size(2), state_stride = shares_.size(2);
 
-  // One team run per token: every thread walks all layers, taking its rows of each matrix product, its heads of the
-  // rotation and the attention, and its slice of each elementwise step; a barrier separates dependent steps. A norm
-  // needs the sum of squares of the whole vector: each thread adds up its slice into partial_, and after a barrier
-  // every thread adds the partials in the same order, so all get the same scale.
+  // One team run per token: every member walks all layers, taking its rows of each matrix product, its share of
+  // the cached positions in attention and its slice of each elementwise step, with five barriers per layer. The
+  // residual stream x is split by rows: a member adds the rows of h it computed itself, so no barrier is needed
+  // there. A norm needs the sum of squares of all of x: each member adds up its slice into partial_, and after a
+  // barrier every member adds the partials in the same order and norms the whole of x into its own copy (normed_),
+  // so all get the same input for the next product without another barrier.
   std::vector<float>& partial = partial_;
   std::vector<std::pair<float, int64_t>>& best = best_;
   team_.run([&](int thread, int threads) {
     const auto [lo, hi] = share(hidden_, thread, threads, 16);
-    auto norm_into = [&](const at::Tensor& weight) {  // h = norm(x) * weight, after partial[] is written
+    T* normed = ptr(normed_[thread]);
+    T* queries = ptr(queries_[thread]);
+    T* attn = ptr(attn_[thread]);
+    float* scores = scores_[thread].data_ptr<float>();
+    float* shares = shares_.data_ptr<float>();
+    auto norm_whole = [&](const at::Tensor& weight) {  // normed = norm(x) * weight, once partial[] is written
       team_.barrier();
       float squares = 0.0f;
       for (int t = 0; t < threads; ++t) squares += partial[t];
-      scale_norm(x, cptr(weight), h, inverse_rms(squares, hidden_, eps_), lo, hi);
-      team_.barrier();
+      scale_norm(x, cptr(weight), normed, inverse_rms(squares, hidden_, eps_), 0, hidden_);
     };
     std::copy(cptr(embed_) + token * hidden_ + lo, cptr(embed_) + token * hidden_ + hi, x + lo);
     partial[thread] = sum_of_squares(x, lo, hi);
-    norm_into(layers_[0].attn_norm);
+    norm_whole(layers_[0].attn_norm);
     for (size_t index = 0; index < layers_.size(); ++index) {
       const Layer& layer = layers_[index];
       T* k_cache = ptr(caches[2 * index]);  // [1, kv_heads, max_seq_len, head_dim]
       T* v_cache = ptr(caches[2 * index + 1]);
-      gemv<T>(layer.qkv, h, qkv, thread, threads);
+      gemv<T>(layer.qkv, normed, qkv, thread, threads);
       team_.barrier();
-      // rotate query and key heads; a key head's thread also writes it and its value head into the cache
-      const auto [first_rotated, end_rotated] = share(layer.heads + layer.kv_heads, thread, threads);
-      for (int64_t j = first_rotated; j < end_rotated; ++j) {
-        rotate(qkv + j * hd, cos, sin, hd);
-        if (j < layer.heads) continue;
-        const int64_t g = j - layer.heads;
-        const T* value = qkv + (layer.heads + layer.kv_heads + g) * hd;
-        std::copy(qkv + j * hd, qkv + (j + 1) * hd, k_cache + (g * max_seq_len_ + pos) * hd);
-        std::copy(value, value + hd, v_cache + (g * max_seq_len_ + pos) * hd);
+      // This member's share of positions 0..pos; the member holding pos first writes its rotated key and its value.
+      const auto [first, end] = share(pos + 1, thread, threads, 16);
+      if (first <= pos && pos < end) {
+        for (int64_t g = 0; g < layer.kv_heads; ++g) {
+          const T* value = qkv + (layer.heads + layer.kv_heads + g) * hd;
+          rotate(qkv + (layer.heads + g) * hd, k_cache + (g * max_seq_len_ + pos) * hd, cos, sin, hd);
+          std::copy(value, value + hd, v_cache + (g * max_seq_len_ + pos) * hd);
+        }
       }
-      team_.barrier();
-      // one query over positions 0..pos, in float32 (Decoder.attend_one); query head j uses key/value head
-      // j / (heads / kv_heads)
-      const auto [first_head, end_head] = share(layer.heads, thread, threads);
-      for (int64_t j = first_head; j < end_head; ++j) {
+      // query head j uses key/value head j / (heads / kv_heads)
+      for (int64_t j = 0; j < layer.heads; ++j) {
         const int64_t g = j / (layer.heads / layer.kv_heads);
-        float* scores = scores_all + j * stride;
-        float* out = scores + max_seq_len_;  // the head's output in float32, after the scores
-        attend_one(qkv + j * hd, k_cache + g * max_seq_len_ * hd, v_cache + g * max_seq_len_ * hd, pos + 1, hd, scale,
-                   scores, out);
-        for (int64_t d = 0; d < hd; ++d) attn[j * hd + d] = round_to<T>(out[d]);
+        float* state = shares + thread * share_stride + j * state_stride;
+        rotate(qkv + j * hd, queries + j * hd, cos, sin, hd);
+        attend_share(queries + j * hd, k_cache + g * max_seq_len_ * hd, v_cache + g * max_seq_len_ * hd, first, end,
+                     hd, scale, scores, state, state + 2);
       }
       team_.barrier();
+      for (int64_t j = 0; j < layer.heads; ++j)
+        merge_shares(shares + j * state_stride, share_stride, threads, hd, attn + j * hd);
       gemv<T>(layer.out, attn, h, thread, threads);
-      team_.barrier();
       partial[thread] = add_and_square(x, h, lo, hi);
-      norm_into(layer.mlp_norm);
-      gemv<T>(layer.gate_up, h, gate_up, thread, threads);
-      team_.barrier();
-      const auto [first, end] = share(layer.width, thread, threads);
-      for (int64_t i = first; i < end; ++i) {
-        const float g = as_float(gate_up[i]);
-        const float silu = as_float(round_to<T>(g / (1.0f + std::exp(-g))));
-        act[i] = round_to<T>(silu * as_float(gate_up[layer.width + i]));
-      }
+      norm_whole(layer.mlp_norm);
+      // gate rows [a, b) and the matching up rows: this member's slice of the activations needs no barrier
+      const auto [a, b] = share(layer.width, thread, threads, 16);
+      const T* gate_up_weight = cptr(layer.gate_up);
+      gemv_rows(gate_up_weight, normed, gate_up, a, b, hidden_);
+      gemv_rows(gate_up_weight, normed, gate_up, layer.width + a, layer.width + b, hidden_);
+      silu_times(gate_up, gate_up + layer.width, act, a, b);
       team_.barrier();
       gemv<T>(layer.down, act, h, thread, threads);
-      team_.barrier();
       partial[thread] = add_and_square(x, h, lo, hi);
-      norm_into(index + 1 == layers_.size() ? norm_ : layers_[index + 1].attn_norm);
+      norm_whole(index + 1 == layers_.size() ? norm_ : layers_[index + 1].attn_norm);
     }
-    // this thread's rows of the logits, and the first largest among them
+    // this member's rows of the logits, and the first largest among them
     const auto [first_row, end_row] = share(vocab_, thread, threads, 16);
-    gemv<T>(lm_head_, h, logits, thread, threads);
+    gemv<T>(lm_head_, normed, logits, thread, threads);
     std::pair<float, int64_t> top{-std::numeric_limits<float>::infinity(), first_row};
     for (int64_t i = first_row; i < end_row; ++i) {
       const float value = as_float(logits[i]);
@@ -429,7 +551,7 @@ int64_t KernelDecoder::step_as(int64_t token, int64_t pos, const std::vector<at:
     }
     best[thread] = top;
   });
-  // the first largest logit overall (NaN counts as largest, as torch.argmax has it): threads hold ascending rows
+  // the first largest logit overall (NaN counts as largest, as torch.argmax has it): members hold ascending rows
   std::pair<float, int64_t> top = best[0];
   for (int t = 1; t < team_.size(); ++t) {
     const auto& candidate = best[t];

@@ -23,6 +23,8 @@ bool kernel_decode_supported(const std::string& dtype);
 
 class KernelDecoder {
  public:
+  static constexpr int kMaxThreads = 64;
+
   // Reads the weights of a loaded, unpacked export module (see Decoder in decoder.py) and starts a team of
   // at::get_num_threads() threads. Throws ManifestError when a buffer is missing or shaped differently from what
   // the export stage writes.
@@ -48,10 +50,10 @@ class KernelDecoder {
   double eps_ = 0.0, scale_ = 0.0;
   at::Tensor embed_, lm_head_, norm_, cos_, sin_;
   std::vector<Layer> layers_;
-  // Scratch, allocated once: residual stream, normed input, projections, attention output, MLP activations, logits
-  // (all in the model's dtype) and float32 attention scores per query head.
-  at::Tensor x_, h_, qkv_, attn_, gate_up_, act_, logits_, scores_;
-  Team team_;  // at::get_num_threads() members, fixed when the decoder is made
+  // Scratch, allocated once (see the constructor): shared x_ .. logits_, per member normed_ .. shares_.
+  at::Tensor x_, h_, qkv_, gate_up_, act_, logits_;
+  at::Tensor normed_, queries_, attn_, scores_, shares_;
+  Team team_;  // at::get_num_threads() members (at most kMaxThreads), fixed when the decoder is made
   std::vector<float> partial_;                   // per member: its slice's sum of squares before a norm
   std::vector<std::pair<float, int64_t>> best_;  // per member: its largest logit and where
 };
