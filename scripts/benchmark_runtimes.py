@@ -11,7 +11,7 @@ wait, two threads that must meet at every operation slow each other down about t
 
 The bound: decoding one token reads every weight matrix once (plus the key/value cache so far), so tokens/s can
 not exceed bandwidth / bytes read per token; bandwidth is measured here by summing a 256 MiB tensor (8x the L3
-cache) before every round of runs, and each run is compared with the reading of its own moment.
+cache) just before and just after every run, and each run is compared with the mean of those two readings.
 """
 
 from __future__ import annotations
@@ -86,8 +86,8 @@ def run_cpp(cpp: CppRunner, ids: list[int], max_new: int) -> tuple[list[int], fl
 def measure(runtimes: dict, prompt_ids: list[list[int]], repeats: int, threads: int) -> tuple[dict, dict, list]:
     """(prefill_ms, decode_ms, new tokens, GB/s) per runtime per run, each runtime's tokens from the first repeat, and
     every bandwidth reading. Runtimes alternate prompt by prompt so background load on the machine hits them alike,
-    and the read bandwidth is measured again before each prompt's round: on a shared (virtual) machine it moves by
-    a factor of two within minutes, so each run is judged against the bandwidth of its own moment."""
+    and the read bandwidth is measured just before and just after every run: on a shared (virtual) machine it moves
+    by a factor of two within minutes, so each run is judged against the mean of the readings around it."""
     runs: dict[str, list] = {name: [] for name in runtimes}
     tokens: dict[str, list] = {name: [] for name in runtimes}
     readings = []
@@ -95,12 +95,14 @@ def measure(runtimes: dict, prompt_ids: list[list[int]], repeats: int, threads: 
         run(prompt_ids[0])
     for repeat in range(repeats):
         for ids in prompt_ids:
-            readings.append(read_bandwidth_gbs(threads))
-            torch.set_num_threads(threads)
             for name, run in runtimes.items():
                 time.sleep(0.5)  # the previous runtime's OpenMP threads stop spinning before this one starts
+                before = read_bandwidth_gbs(threads)
+                torch.set_num_threads(threads)
                 out, prefill_ms, decode_ms = run(ids)
-                runs[name].append((prefill_ms, decode_ms, len(out), readings[-1]))
+                readings += [before, read_bandwidth_gbs(threads)]
+                torch.set_num_threads(threads)
+                runs[name].append((prefill_ms, decode_ms, len(out), (readings[-2] + readings[-1]) / 2))
                 if repeat == 0:
                     tokens[name].append(out)
         print(f"repeat {repeat + 1}/{repeats} done", flush=True)
@@ -160,7 +162,7 @@ def ensure_export(model_dir: Path, export_dir: Path, dtype: str, prompts: list[s
 
 def summarize(runs: list[tuple[float, float, int, float]], per_token_bytes: float) -> dict:
     """Medians over (prefill_ms, decode_ms, new tokens, GB/s) runs; decode speed counts tokens after the first, and
-    its fraction of the bound uses the bandwidth read just before the run."""
+    its fraction of the bound uses the bandwidth read around the run."""
     decoding = [(decode / (new - 1), gbs) for _, decode, new, gbs in runs if new > 1]
     return {"prefill_ms": statistics.median(r[0] for r in runs),
             "query_ms": statistics.median(r[0] + r[1] for r in runs),
@@ -177,7 +179,7 @@ def print_table(results: dict[str, dict], new_tokens: float) -> None:
         print(f"{name:26s} {row['prefill_ms']:10.1f} {row['decode_tok_s']:12.1f} {row['query_ms']:9.1f} "
               f"{hf / row['query_ms']:5.2f}x {100 * row['of_bound']:9.0f}%")
     print(f"(median over prompts x repeats; {new_tokens:.1f} new tokens per query on average; % of bound: median "
-          f"over runs of decode tokens/s / (bandwidth read before that run / bytes per token))")
+          f"over runs of decode tokens/s / (bandwidth read around that run / bytes per token))")
 
 
 def main() -> None:
