@@ -485,7 +485,9 @@ int64_t KernelDecoder::step_as(int64_t token, int64_t pos, const std::vector<at:
   // so all get the same input for the next product without another barrier.
   std::vector<float>& partial = partial_;
   std::vector<std::pair<float, int64_t>>& best = best_;
+  int members = 1;
   team_.run([&](int thread, int threads) {
+    if (thread == 0) members = threads;
     const auto [lo, hi] = share(hidden_, thread, threads, 16);
     T* normed = ptr(normed_[thread]);
     T* queries = ptr(queries_[thread]);
@@ -553,7 +555,7 @@ int64_t KernelDecoder::step_as(int64_t token, int64_t pos, const std::vector<at:
   });
   // the first largest logit overall (NaN counts as largest, as torch.argmax has it): members hold ascending rows
   std::pair<float, int64_t> top = best[0];
-  for (int t = 1; t < team_.size(); ++t) {
+  for (int t = 1; t < members; ++t) {
     const auto& candidate = best[t];
     if (candidate.first > top.first || (std::isnan(candidate.first) && !std::isnan(top.first))) top = candidate;
   }
