@@ -97,11 +97,9 @@ def measure(runtimes: dict, prompt_ids: list[list[int]], repeats: int, threads: 
         for ids in prompt_ids:
             for name, run in runtimes.items():
                 time.sleep(0.5)  # the previous runtime's OpenMP threads stop spinning before this one starts
-                before = read_bandwidth_gbs(threads)
-                torch.set_num_threads(threads)
+                before = read_bandwidth_gbs(threads)  # also sets torch's thread count for the run
                 out, prefill_ms, decode_ms = run(ids)
                 readings += [before, read_bandwidth_gbs(threads)]
-                torch.set_num_threads(threads)
                 runs[name].append((prefill_ms, decode_ms, len(out), (readings[-2] + readings[-1]) / 2))
                 if repeat == 0:
                     tokens[name].append(out)
