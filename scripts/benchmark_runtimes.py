@@ -33,7 +33,7 @@ from sqlcopilot_core.build import build_runner  # noqa: E402
 from sqlcopilot_core.cpp_runtime import CppRunner  # noqa: E402
 from sqlcopilot_core.export import DTYPES, ExportConfig, export_model, load_exported  # noqa: E402
 from sqlcopilot_core.modeling import load_model  # noqa: E402
-from sqlcopilot_core.prompting import example_prompt  # noqa: E402
+from sqlcopilot_core.prompting import Prompter, model_prompt_settings  # noqa: E402
 from sqlcopilot_core.spider import load_split  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,9 +147,10 @@ def bytes_per_token(manifest: dict, position: float) -> float:
     return (weights + cache) * torch.finfo(DTYPES[manifest["dtype"]]).bits / 8
 
 
-def spider_prompt_ids(spider_dir: Path, tokenizer, count: int) -> list[list[int]]:
-    examples = load_split(spider_dir, "dev")[:count]
-    return [tokenizer(example_prompt(e.db_path, e.question)).input_ids for e in examples]
+def spider_prompt_ids(spider_dir: Path, tokenizer, count: int, model_dir: Path) -> list[list[int]]:
+    """Prompts of the first `count` dev questions, built with the model's own prompt settings."""
+    prompter = Prompter(model_prompt_settings(model_dir), tokenizer)
+    return [prompter.ids(e.db_path, e.question) for e in load_split(spider_dir, "dev")[:count]]
 
 
 def ensure_export(model_dir: Path, export_dir: Path, dtype: str, prompts: list[str]) -> None:
@@ -195,7 +196,7 @@ def main() -> None:
     args = parser.parse_args()
 
     model, tokenizer = load_model(args.model, dtype=DTYPES[args.dtype])
-    prompt_ids = spider_prompt_ids(args.spider, tokenizer, args.prompts)
+    prompt_ids = spider_prompt_ids(args.spider, tokenizer, args.prompts, args.model)
     ensure_export(args.model, args.export, args.dtype, [tokenizer.decode(ids) for ids in prompt_ids[:2]])
     exported = load_exported(args.export)
     if exported.manifest["dtype"] != args.dtype:

@@ -43,21 +43,52 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def with_prompt_options(args, settings):
+    """`settings` with the prompt options given on the command line replaced (--max-schema-tokens 0: no limit)."""
+    import dataclasses
+
+    given = {"form": args.prompt_form, "max_schema_tokens": args.max_schema_tokens, "value_hints": args.value_hints}
+    given = {k: v for k, v in given.items() if v is not None}
+    if given.get("max_schema_tokens") == 0:
+        given["max_schema_tokens"] = None
+    return dataclasses.replace(settings, **given)
+
+
+def prompt_override(args, model_dir: Path):
+    """The model's prompt settings with the command line's replacements, or None when none is given."""
+    from sqlcopilot_core.prompting import model_prompt_settings
+
+    if args.prompt_form is None and args.max_schema_tokens is None and args.value_hints is None:
+        return None
+    return with_prompt_options(args, model_prompt_settings(model_dir))
+
+
+def add_prompt_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("prompt (default: the settings the model was trained with, its prompt.json)")
+    group.add_argument("--prompt-form", choices=["compact", "create_table"], help="schema text form")
+    group.add_argument("--max-schema-tokens", type=int, help="schema budget in tokens (0 = no limit)")
+    group.add_argument("--value-hints", type=int, help="lines of matching cell values shown (0 = none)")
+
+
 def cmd_predict(args) -> int:
     from sqlcopilot_core.generate import predict_examples, write_predictions_jsonl
     from sqlcopilot_core.modeling import load_model
+    from sqlcopilot_core.prompting import model_prompt_settings
     from sqlcopilot_core.scoring import EvalConfig, predict_config, resolve_spider_dir
     from sqlcopilot_core.spider import load_split
 
     examples = load_split(resolve_spider_dir(args.spider_dir), args.split)[: args.limit]
     config = EvalConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     if args.runtime == "cpp":
-        from sqlcopilot_core.copilot import predict_with_runner
+        from sqlcopilot_core.copilot import predict_with_runner, resolve_runtime
 
-        preds = predict_with_runner(Path(args.model), examples, config)
+        runtime = resolve_runtime(args.model)
+        preds = predict_with_runner(Path(args.model), examples, config,
+                                    prompt=prompt_override(args, runtime.export_dir))
     else:
         model, tokenizer = load_model(args.model)
-        preds = predict_examples(model, tokenizer, examples, predict_config(config))
+        prompt = model_prompt_settings(args.model, prompt_override(args, Path(args.model)), where="sqlcopilot predict")
+        preds = predict_examples(model, tokenizer, examples, predict_config(config, prompt))
     write_predictions_jsonl(args.out, examples, preds)
     print(f"wrote {len(preds)} predictions to {args.out}")
     return 0
@@ -77,7 +108,7 @@ def cmd_ask(args) -> int:
         raise ValueError("give --db and a question, or --batch FILE")
     for item in items:
         answer = copilot.ask(runtime, item["db"], item["question"], execute=args.execute,
-                             max_new_tokens=args.max_new_tokens)
+                             max_new_tokens=args.max_new_tokens, prompt=prompt_override(args, runtime.export_dir))
         if args.json:
             print(json.dumps(answer, default=str))
             continue
@@ -89,6 +120,18 @@ def cmd_ask(args) -> int:
             else:
                 print(copilot.format_table(answer["columns"], answer["rows"]))
         print()
+    return 0
+
+
+def cmd_schema_stats(args) -> int:
+    from sqlcopilot_core.modeling import load_model
+    from sqlcopilot_core.prompting import PromptSettings, model_prompt_settings
+    from sqlcopilot_core.schema_prompt import schema_stats
+    from sqlcopilot_core.scoring import resolve_spider_dir
+
+    _, tokenizer = load_model(args.model) if args.model else (None, None)
+    settings = with_prompt_options(args, model_prompt_settings(args.model) if args.model else PromptSettings())
+    print(json.dumps(schema_stats(resolve_spider_dir(args.spider_dir), args.split, settings, tokenizer), indent=2))
     return 0
 
 
@@ -137,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--max-new-tokens", type=int, default=96)
     predict.add_argument("--batch-size", type=int, default=8)
     predict.add_argument("--runtime", default="python", choices=["python", "cpp"])
+    add_prompt_options(predict)
     predict.set_defaults(func=cmd_predict)
 
     ask = sub.add_parser("ask", help="ask a SQLite database a question through the compiled model (C++ runtime)")
@@ -148,7 +192,17 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--execute", action="store_true", help="run the SQL read-only and print the result table")
     ask.add_argument("--json", action="store_true", help="print one JSON object per answer")
     ask.add_argument("--max-new-tokens", type=int, default=128)
+    add_prompt_options(ask)
     ask.set_defaults(func=cmd_ask)
+
+    stats = sub.add_parser("schema-stats", help="prompt statistics of a Spider-format folder as JSON: how often the "
+                           "schema prompt shows every table and column the gold SQL needs")
+    stats.add_argument("--spider-dir", help="Spider-format folder (default $SPIDER_DIR, else the sample data)")
+    stats.add_argument("--split", default="dev", choices=["dev", "train"])
+    stats.add_argument("--model", help="model folder: its tokenizer counts tokens and its prompt.json gives the "
+                       "settings (default: ~4 characters a token, the default settings)")
+    add_prompt_options(stats)
+    stats.set_defaults(func=cmd_schema_stats)
 
     sample = sub.add_parser("sample", help="build the embedded sample dataset")
     sample.add_argument("--out", help="folder to build into (default <work>/sample_spider)")

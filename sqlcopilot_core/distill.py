@@ -5,7 +5,8 @@ train -> save).
 
 (for SmolLM2-135M's 30 layers: 30 one-step layer phases, then 10 steps of the final KL + CE phase).
 
-Loss on a batch of (prompt, gold SQL) sequences, built with finetune's data pipeline (labels mask the prompt):
+Loss on a batch of packs (sqlcopilot_core/packing.py: one schema, several question + gold SQL branches), read by
+the teacher (once per batch) and the student through the training recipe finetune shares (training.py):
 
     kl_weight * KL(teacher || student), both softmaxed at logits / temperature, times temperature^2,
                 on the gold SQL positions only (mean over each example's target tokens, then over the batch)
@@ -36,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -46,22 +46,24 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from sqlcopilot_core.config import parse_key_values, ConfigError, config_from_dict, config_to_dict
-from sqlcopilot_core.finetune import (MIN_PROMPT_TOKENS, Batch, TrainingData, check_resumable, collate, is_number,
-                                      select_examples)
+from sqlcopilot_core.config import ConfigError, config_from_dict, parse_key_values
 from sqlcopilot_core.modeling import count_parameters, layer_shapes, save_model
+from sqlcopilot_core.packing import PackedBatch, per_branch_mean
+from sqlcopilot_core.prompting import write_prompt_settings
 from sqlcopilot_core.spider import Example
-from sqlcopilot_core.training import (MetricsWindow, TrainBudget, TrainState, adamw, example_stream,
-                                      latest_checkpoint, load_checkpoint, save_checkpoint, warmup_linear_decay)
+from sqlcopilot_core.training import Run, TrainingConfig, is_number, setup_run, train
 
 SCHEDULES = ("all", "layerwise")
 HIDDEN_LOSSES = ("mse", "relative_mse")
 
 
 @dataclass(frozen=True)
-class DistillConfig:
-    """Settings of the distill stage."""
+class DistillConfig(TrainingConfig):
+    """Settings of the distill stage (the shared training settings, then the distillation loss's own)."""
 
+    seed: int = 1
+    """Seed of the subset, the data order and the random-number generators: by default not finetune's (0), so the
+    student meets the examples in another order than the teacher did."""
     kl_weight: float = 1.0
     """Weight of KL(teacher || student) on the gold SQL positions (scaled by temperature^2)."""
     temperature: float = 2.0
@@ -82,38 +84,10 @@ class DistillConfig:
     layer_map: str | tuple[int, ...] = "uniform"
     """Teacher layer paired with each student layer: 'uniform' maps student layer i (of S) to teacher layer
     round_half_up((i + 1) * T / S) - 1 (of T), so the last layers pair up; or one teacher index per student layer."""
-    learning_rate: float = 1e-4
-    """Peak AdamW learning rate, reached after warmup_steps and decayed linearly to 0 at max_steps."""
-    warmup_steps: int = 10
-    """Optimizer steps of linear learning-rate warmup."""
-    max_steps: int = 100
-    """Optimizer steps in total, over every phase (a resumed run continues up to this count)."""
-    max_minutes: float | None = None
-    """Wall-clock training budget over all resumed segments; the run stops (and saves) when it is spent."""
-    batch_size: int = 4
-    """Examples per micro-batch."""
-    grad_accum_steps: int = 1
-    """Micro-batches accumulated per optimizer step."""
-    max_seq_len: int = 512
-    """Longest training sequence in tokens; prompts are cut from the left so the SQL target always fits."""
-    train_limit: int | None = None
-    """Distill on a fixed random subset of this many training examples (chosen by seed; None = all)."""
-    seed: int = 0
-    """Seed of the subset, the data order and the random-number generators."""
-    max_grad_norm: float = 1.0
-    """Gradients (student and projections) are clipped to this global norm before each optimizer step."""
-    checkpoint_every: int = 50
-    """Write a resumable checkpoint every this many steps (0 = only at the end); one is always written at the end."""
-    log_every: int = 10
-    """Report metrics (loss and its parts, lr, tokens/s, phase) every this many steps."""
-    values_per_column: int = 0
-    """Sample values per column in the schema prompt (same meaning as at prediction time)."""
-    max_schema_tokens: int | None = 400
-    """Schema budget of the prompt in tokens (None = no limit beyond max_seq_len)."""
-    bf16_autocast: bool = False
-    """Run both models' forward passes under bfloat16 autocast (losses, weights and optimizer stay float32)."""
 
     def __post_init__(self):
+        super().__post_init__()
+
         def need(condition: bool, message: str) -> None:
             if not condition:
                 raise ConfigError(f"DistillConfig.{message}")
@@ -131,25 +105,6 @@ class DistillConfig:
         need(sum(weights.values()) > 0, f"at least one loss weight must be > 0, got {weights}")
         need(is_number(self.temperature) and self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
         need(self.steps_per_layer >= 1, f"steps_per_layer must be >= 1, got {self.steps_per_layer}")
-        need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
-        need(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
-        need(0 <= self.warmup_steps < self.max_steps,
-             f"warmup_steps ({self.warmup_steps}) must be >= 0 and below max_steps ({self.max_steps})")
-        need(self.max_minutes is None or (is_number(self.max_minutes) and self.max_minutes > 0),
-             f"max_minutes must be a number > 0 or null, got {self.max_minutes!r}")
-        need(self.batch_size >= 1 and self.grad_accum_steps >= 1,
-             f"batch_size ({self.batch_size}) and grad_accum_steps ({self.grad_accum_steps}) must be >= 1")
-        need(self.max_seq_len > 2 * MIN_PROMPT_TOKENS, f"max_seq_len must be > {2 * MIN_PROMPT_TOKENS}, "
-                                                       f"got {self.max_seq_len}")
-        need(self.max_schema_tokens is None or (is_number(self.max_schema_tokens)
-                                                and 1 <= self.max_schema_tokens < self.max_seq_len),
-             f"max_schema_tokens ({self.max_schema_tokens}) must be >= 1 and below max_seq_len ({self.max_seq_len})")
-        need(self.train_limit is None or (is_number(self.train_limit) and self.train_limit >= 1),
-             f"train_limit must be >= 1 or null, got {self.train_limit!r}")
-        need(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
-        need(self.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
-        need(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
-        need(self.values_per_column >= 0, f"values_per_column must be >= 0, got {self.values_per_column}")
 
 
 def parse_layer_map(value) -> str | tuple[int, ...]:
@@ -302,57 +257,63 @@ class LayerOutputs:
             handle.remove()
 
 
-def per_example_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of `values` over each row's masked-in positions, then over the rows (as finetune's sft loss)."""
+def per_row_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` over each row's masked-in positions, then over the rows."""
     mask = mask.to(values.dtype)
     return ((values * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
 
 
-def model_inputs(batch: Batch) -> dict[str, Any]:
-    return dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                logits_to_keep=batch.keep, use_cache=False)
+def logits_and_hidden(model, batch: PackedBatch, layers: Sequence[int]) -> tuple[torch.Tensor, dict]:
+    """Logits at the batch's SQL-predicting positions (N, vocab) and the hidden states of `layers`."""
+    rows, cols = batch.loss_positions.unbind(1)
+    columns, where = torch.unique(cols, return_inverse=True)
+    with LayerOutputs(model, layers) as hidden:
+        logits = model(**batch.model_inputs(), logits_to_keep=columns, use_cache=False).logits[rows, where]
+    return logits, hidden
 
 
-def teacher_outputs(teacher, batch: Batch, layers: Sequence[int], autocast) -> tuple[torch.Tensor, dict]:
-    """Teacher logits at the target positions and hidden states of `layers`, as float32 tensors autograd accepts."""
-    with torch.inference_mode(), autocast(), LayerOutputs(teacher, layers) as hidden:
-        logits = teacher(**model_inputs(batch)).logits[:, :-1]
+def teacher_outputs(run: Run, batch: PackedBatch) -> tuple[torch.Tensor, dict]:
+    """Teacher logits at the SQL positions and hidden states of the mapped layers, once per batch, as float32
+    tensors autograd accepts."""
+    with torch.inference_mode(), run.autocast():
+        logits, hidden = logits_and_hidden(run.extra["teacher"], batch, run.extra["layer_map"])
     # inference-mode tensors cannot be saved for backward; clones made outside inference mode can
     return logits.float().clone(), {i: h.float().clone() for i, h in hidden.items()}
 
 
-def loss_parts(run: DistillRun, batch: Batch, phase: Phase) -> dict[str, Any]:
+def loss_parts(run: Run, batch: PackedBatch, phase: Phase) -> dict[str, Any]:
     """KL and CE on the SQL positions and each student layer's hidden MSE against its projected teacher layer.
     Every part is computed for the metrics; those `phase` does not optimize are computed without gradient."""
-    student = run.modules.student
-    teacher_logits, teacher_hidden = teacher_outputs(run.teacher, batch, run.layer_map, run.autocast)
-    with run.autocast(), LayerOutputs(student, range(len(run.layer_map))) as hidden:
-        logits = student(**model_inputs(batch)).logits[:, :-1].float()
-    real = batch.attention_mask.bool()
+    modules, layer_map = run.unwrapped, run.extra["layer_map"]
+    teacher_logits, teacher_hidden = teacher_outputs(run, batch)
+    with run.autocast():
+        logits, hidden = logits_and_hidden(modules.student, batch, range(len(layer_map)))
+    logits = logits.float()
+    real = batch.real_tokens
     hidden_mse = []
-    for i, j in enumerate(run.layer_map):
+    for i, j in enumerate(layer_map):
         with torch.set_grad_enabled(i in phase.hidden_layers):
-            target = run.modules.projections[i](teacher_hidden[j])
-            mse = per_example_mean((hidden[i].float() - target).pow(2).mean(-1), real)
+            target = modules.projections[i](teacher_hidden[j])
+            mse = per_row_mean((hidden[i].float() - target).pow(2).mean(-1), real)
             if run.config.hidden_loss == "relative_mse":
                 # not detached: a learned projection must not lower the loss by growing or shrinking the target
-                mse = mse / per_example_mean(target.pow(2).mean(-1), real).clamp(min=1e-12)
+                mse = mse / per_row_mean(target.pow(2).mean(-1), real).clamp(min=1e-12)
             hidden_mse.append(mse)
     with torch.set_grad_enabled(phase.logits):
         kl, ce = logit_losses(logits, teacher_logits, batch, run.config.temperature)
     return {"kl": kl, "ce": ce, "hidden_by_layer": hidden_mse}
 
 
-def logit_losses(logits: torch.Tensor, teacher_logits: torch.Tensor, batch: Batch,
+def logit_losses(logits: torch.Tensor, teacher_logits: torch.Tensor, batch: PackedBatch,
                  temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(KL(teacher || student) at `temperature`, times temperature^2; student cross-entropy), on the SQL tokens."""
-    labels = batch.labels[:, -(batch.keep - 1):]
-    targets = labels != -100
+    """(KL(teacher || student) at `temperature`, times temperature^2; student cross-entropy), each averaged over
+    every example's SQL tokens, then over the examples."""
+    labels = batch.next_ids[tuple(batch.loss_positions.unbind(1))]
     student_log_p = F.log_softmax(logits / temperature, -1)
     teacher_log_p = F.log_softmax(teacher_logits / temperature, -1)
     kl = (teacher_log_p.exp() * (teacher_log_p - student_log_p)).sum(-1)
-    ce = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
-    return per_example_mean(kl, targets) * temperature ** 2, per_example_mean(ce, targets)
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    return (per_branch_mean(kl, batch).mean() * temperature ** 2, per_branch_mean(ce, batch).mean())
 
 
 def phase_loss(parts: dict[str, Any], phase: Phase, config: DistillConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -367,30 +328,16 @@ def phase_loss(parts: dict[str, Any], phase: Phase, config: DistillConfig) -> tu
     return loss, hidden
 
 
+def loss_step(run: Run, batch: PackedBatch) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss of the phase the current step trains in, and every part of it for the metrics."""
+    phase = phase_at(run.extra["schedule"], run.state.step)
+    parts = loss_parts(run, batch, phase)
+    loss, hidden_active = phase_loss(parts, phase, run.config)
+    return loss, {"kl": float(parts["kl"]), "ce": float(parts["ce"]), "hidden_active": float(hidden_active),
+                  "hidden": float(torch.stack(parts["hidden_by_layer"]).mean()), "phase": phase.index}
+
+
 # ---- the run ----
-
-@dataclass
-class DistillRun:
-    """What setup() builds and the loop advances."""
-
-    config: DistillConfig
-    tokenizer: Any
-    modules: Distillation
-    teacher: nn.Module
-    layer_map: tuple[int, ...]
-    mapping: dict[str, Any]
-    schedule: list[Phase]
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    data: TrainingData
-    state: TrainState
-    checkpoint_root: Path
-    resumed_from_step: int = 0
-
-    def autocast(self):
-        device = next(self.modules.parameters()).device
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.config.bf16_autocast)
-
 
 def check_pair(student, teacher) -> None:
     """Refuse a teacher/student pair distillation cannot relate (vocabulary, device)."""
@@ -403,143 +350,54 @@ def check_pair(student, teacher) -> None:
         raise ValueError(f"distill: student on {student_device}, teacher on {teacher_device}; move both to one device")
 
 
-def recorded_config(config: DistillConfig, data: TrainingData, mapping: dict[str, Any], student) -> dict[str, Any]:
-    """What a checkpoint must agree with to be resumed: the config and the pairing it trained."""
-    return {**config_to_dict(config), "train_examples": len(data), "layer_map_resolved": mapping["layer_map"],
-            "student_layer_shapes": layer_shapes(student), "student_hidden_size": mapping["student_hidden_size"]}
-
-
 def setup(student, teacher, tokenizer, train_examples: list[Example], config: DistillConfig, checkpoint_root: Path,
-          kept_hidden_channels: Sequence[int] | None = None) -> DistillRun:
-    """Frozen teacher, student + projections, AdamW, schedule, data and state, resumed from the latest checkpoint."""
+          kept_hidden_channels: Sequence[int] | None = None) -> Run:
+    """Frozen teacher, student + projections and the shared recipe's data, optimizer and state, resumed from the
+    latest checkpoint."""
     check_pair(student, teacher)
     torch.manual_seed(config.seed)
-    random.seed(config.seed)
-    data = TrainingData(select_examples(train_examples, config), tokenizer, config)
     layer_map = resolve_layer_map(config.layer_map, len(student.model.layers), len(teacher.model.layers))
     schedule = distill_schedule(config, len(layer_map))
-    if config.schedule == "layerwise" and config.max_steps <= schedule[-1].start_step:
-        raise ValueError(f"DistillConfig.max_steps ({config.max_steps}) must exceed steps_per_layer x student layers "
-                         f"({config.steps_per_layer} x {len(layer_map)} = {schedule[-1].start_step}) so that the "
-                         f"final KL + CE phase runs")
     teacher.eval().requires_grad_(False)
     projections, projection = make_projections(student, teacher, kept_hidden_channels)
-    modules = Distillation(student.requires_grad_(True), projections).to(next(student.parameters()).device).train()
-    optimizer = adamw(modules, config.learning_rate, weight_decay=0.0)
-    scheduler = warmup_linear_decay(optimizer, config.warmup_steps, config.max_steps)
+    modules = Distillation(student.requires_grad_(True), projections).to(next(student.parameters()).device)
     mapping = describe_mapping(student, teacher, layer_map, projection)
-    run = DistillRun(config, tokenizer, modules, teacher, layer_map, mapping, schedule, optimizer, scheduler, data,
-                     TrainState(), Path(checkpoint_root))
-    checkpoint = latest_checkpoint(checkpoint_root)
-    if checkpoint is not None:
-        check_resumable(checkpoint, recorded_config(config, data, mapping, student))
-        run.state = load_checkpoint(checkpoint, modules, optimizer, scheduler)
-        run.resumed_from_step = run.state.step
+    recorded = {"layer_map_resolved": mapping["layer_map"], "student_layer_shapes": layer_shapes(student),
+                "student_hidden_size": mapping["student_hidden_size"]}
+    run = setup_run(modules, tokenizer, train_examples, config, checkpoint_root, recorded, what="distill",
+                    extra={"teacher": teacher, "layer_map": layer_map, "schedule": schedule, "mapping": mapping})
+    if config.schedule == "layerwise" and run.total_steps <= schedule[-1].start_step:
+        raise ValueError(f"distill: the run's {run.total_steps} steps must exceed steps_per_layer x student layers "
+                         f"({config.steps_per_layer} x {len(layer_map)} = {schedule[-1].start_step}) so that the "
+                         f"final KL + CE phase runs")
     return run
-
-
-def next_micro_batch(run: DistillRun, stream) -> Batch:
-    indices = [next(stream) for _ in range(run.config.batch_size)]
-    run.state.examples_seen += len(indices)
-    pad_id = run.tokenizer.pad_token_id if run.tokenizer.pad_token_id is not None else run.tokenizer.eos_token_id
-    device = next(run.modules.parameters()).device
-    return collate([run.data.encode(i) for i in indices], pad_id).to(device)
-
-
-def train_step(run: DistillRun, stream, phase: Phase) -> dict[str, float]:
-    """One optimizer step over grad_accum_steps micro-batches with `phase`'s loss; returns its parts and counts."""
-    accum = run.config.grad_accum_steps
-    sums = {"loss": 0.0, "kl": 0.0, "ce": 0.0, "hidden": 0.0, "hidden_active": 0.0}
-    tokens = 0
-    for _ in range(accum):
-        batch = next_micro_batch(run, stream)
-        parts = loss_parts(run, batch, phase)
-        loss, hidden_active = phase_loss(parts, phase, run.config)
-        (loss / accum).backward()
-        values = {"loss": loss, "kl": parts["kl"], "ce": parts["ce"], "hidden_active": hidden_active,
-                  "hidden": torch.stack(parts["hidden_by_layer"]).mean()}
-        for name, value in values.items():
-            sums[name] += float(value.detach()) / accum
-        tokens += int(batch.attention_mask.sum())
-    grad_norm = torch.nn.utils.clip_grad_norm_(run.modules.parameters(), run.config.max_grad_norm)
-    lr = run.scheduler.get_last_lr()[0]
-    run.optimizer.step()
-    run.scheduler.step()
-    run.optimizer.zero_grad(set_to_none=True)
-    return {**sums, "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens}
-
-
-def write_checkpoint(run: DistillRun) -> None:
-    save_checkpoint(run.checkpoint_root, run.modules, run.optimizer, run.scheduler, run.state,
-                    recorded_config(run.config, run.data, run.mapping, run.modules.student))
-
-
-def train(run: DistillRun, on_metrics: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
-    """Step until max_steps or the wall-clock budget, checkpointing every checkpoint_every steps and at the end."""
-    config, state = run.config, run.state
-    budget = TrainBudget(config.max_steps, config.max_minutes, spent_s=state.wall_s)
-    stream = example_stream(len(run.data), config.seed, start=state.examples_seen)
-    window, segment, last = MetricsWindow(), MetricsWindow(), {}
-    with tqdm(total=config.max_steps, initial=state.step, desc="distill", unit="step") as bar:
-        while (stop_reason := budget.stop_reason(state.step)) is None:
-            phase = phase_at(run.schedule, state.step)
-            last = train_step(run, stream, phase)
-            state.step += 1
-            state.train_tokens += last["tokens"]
-            state.counters["phase"] = phase.index
-            state.wall_s = budget.elapsed_s
-            window.add(last["tokens"], **{k: last[k] for k in ("loss", "kl", "ce", "hidden", "hidden_active",
-                                                               "grad_norm")})
-            segment.add(last["tokens"])
-            bar.update(1)
-            bar.set_postfix(phase=phase.name, loss=f"{last['loss']:.3f}", lr=f"{last['lr']:.2e}")
-            if config.checkpoint_every and state.step % config.checkpoint_every == 0:
-                write_checkpoint(run)
-            if state.step % config.log_every == 0:
-                report(run, window, last["lr"], phase, on_metrics)
-    if window.steps:
-        report(run, window, last["lr"], phase_at(run.schedule, state.step - 1), on_metrics)
-    if last and (not config.checkpoint_every or state.step % config.checkpoint_every):
-        write_checkpoint(run)
-    return {"steps": state.step, "examples_seen": state.examples_seen,
-            "epochs": state.examples_seen / len(run.data), "train_tokens": state.train_tokens,
-            "tokens_per_s": segment.pop()["tokens_per_s"], "wall_s": state.wall_s,
-            "final_loss": last.get("loss"), "final_kl": last.get("kl"), "final_ce": last.get("ce"),
-            "final_hidden": last.get("hidden"), "stop_reason": stop_reason,
-            "resumed_from_step": run.resumed_from_step,
-            "final_phase": phase_at(run.schedule, max(state.step - 1, 0)).name,
-            "train_examples": len(run.data), "skipped_too_long": len(run.data.too_long),
-            "mapping": run.mapping, "schedule": [vars(p) | {"hidden_layers": list(p.hidden_layers)}
-                                                 for p in run.schedule]}
-
-
-def report(run: DistillRun, window: MetricsWindow, lr: float, phase: Phase, on_metrics) -> None:
-    """Send the window's means (loss, kl, ce, hidden, hidden_active, grad_norm, tokens_per_s) plus lr, epoch and the
-    index of the phase of the latest step to on_metrics."""
-    metrics = {**window.pop(), "lr": lr, "epoch": run.state.examples_seen / len(run.data), "phase": phase.index}
-    if on_metrics is not None:
-        on_metrics(run.state.step, metrics)
 
 
 def distill(student, teacher, tokenizer, train_examples: list[Example], config: DistillConfig, out_dir: str | Path,
             resume_dir: str | Path | None = None, on_metrics: Callable[[int, dict], None] | None = None, *,
-            kept_hidden_channels: Sequence[int] | None = None) -> dict[str, Any]:
+            kept_hidden_channels: Sequence[int] | None = None, prompt_settings=None) -> dict[str, Any]:
     """Distill `teacher` into `student` (trained in place) on `train_examples`; save the student to `out_dir`.
 
     Checkpoints (student + projections + optimizer + data position; the phase follows from the step) go to
     `resume_dir` (default out_dir/checkpoint); when it already holds one, training resumes from it and stops at the
     same total step count. `on_metrics(step, metrics)` receives, every log_every steps and at the end, the means
     since the previous call of loss (the optimized one), kl, ce, hidden (all mapped layers), hidden_active (the
-    phase's hidden term), grad_norm and tokens_per_s, plus lr, epoch and phase (an index into stats['schedule']).
-    `kept_hidden_channels`: the teacher hidden channels the pruning kept, in order, when known; otherwise they are
-    recovered from the embeddings. Returns statistics including 'mapping' (layer and width pairing) and 'schedule'.
+    phase's hidden term), grad_norm, examples_per_s and tokens_per_s, plus lr, epoch and phase (an index into
+    stats['schedule']). `kept_hidden_channels`: the teacher hidden channels the pruning kept, in order, when
+    known; otherwise they are recovered from the embeddings. The student is saved with the prompt settings it was
+    trained on (config.prompt_settings()). Returns statistics including 'mapping' and 'schedule'.
     """
     out_dir = Path(out_dir)
     run = setup(student, teacher, tokenizer, train_examples, config,
                 Path(resume_dir) if resume_dir else out_dir / "checkpoint", kept_hidden_channels)
-    stats = train(run, on_metrics)
-    save_model(run.modules.student.eval(), tokenizer, out_dir)
-    stats.update(parameters=count_parameters(run.modules.student), teacher_parameters=count_parameters(teacher))
+    postfix = lambda r: {"phase": phase_at(r.extra["schedule"], r.state.step).name}
+    stats = train(run, loss_step, on_metrics, desc="distill", postfix=postfix)
+    schedule = run.extra["schedule"]
+    save_model(run.unwrapped.student.eval(), tokenizer, out_dir)
+    write_prompt_settings(out_dir, config.prompt_settings())
+    stats.update(parameters=count_parameters(run.unwrapped.student), teacher_parameters=count_parameters(teacher),
+                 final_phase=phase_at(schedule, max(run.state.step - 1, 0)).name, mapping=run.extra["mapping"],
+                 schedule=[vars(p) | {"hidden_layers": list(p.hidden_layers)} for p in schedule])
     return stats
 
 

@@ -22,6 +22,7 @@ runs with a cap of GOLD_MAX_ROWS. A failing gold query makes the example count a
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections import Counter
@@ -172,6 +173,32 @@ def accuracy(rows: list[dict]) -> dict:
     return {"ex": correct / len(rows) if rows else None, "n": len(rows), "correct": correct}
 
 
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion: unlike p +/- z*sqrt(p(1-p)/n) it stays within [0, 1] and is
+    honest at 0 or n correct answers (Brown, Cai and DasGupta 2001)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def paired_difference(before: list[bool], after: list[bool], z: float = 1.96) -> dict:
+    """Change of accuracy between two scorings of the same examples, with its 95% interval (paired: only the
+    examples whose outcome changed carry information; normal approximation of the mean of per-example
+    differences). `real_drop` is True when the whole interval lies below zero."""
+    if len(before) != len(after) or not before:
+        raise ValueError(f"paired_difference: {len(before)} and {len(after)} outcomes; need equal, non-zero counts")
+    diffs = [int(b) - int(a) for a, b in zip(before, after)]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    variance = sum((d - mean) ** 2 for d in diffs) / max(1, n - 1)
+    half = z * math.sqrt(variance / n)
+    return {"n": n, "delta": mean, "ci": (mean - half, mean + half), "gained": diffs.count(1),
+            "lost": diffs.count(-1), "real_drop": mean + half < 0}
+
+
 def summarize(per_example: list[dict], *, timeout_s: float, max_rows: int) -> dict:
     """The summary dict of score_predictions from its per-example records."""
     errors = Counter(row["error_kind"] for row in per_example if row["error_kind"])
@@ -181,6 +208,7 @@ def summarize(per_example: list[dict], *, timeout_s: float, max_rows: int) -> di
                    for level in HARDNESS_LEVELS}
     overall = accuracy(per_example)
     return {"ex": overall["ex"] if per_example else 0.0, "n": overall["n"], "correct": overall["correct"],
+            "ex_ci": wilson_interval(overall["correct"], overall["n"]),
             "by_hardness": by_hardness, "by_db": by_db,
             "errors": {kind: errors.get(kind, 0) for kind in PREDICTION_ERROR_KINDS},
             "gold_errors": sum(1 for row in per_example if row["gold_error"]),
@@ -239,7 +267,9 @@ def format_summary_table(summary: dict) -> str:
         return "-" if value is None else f"{100 * value:.{decimals}f}"
 
     width = max([len("all")] + [len(name) for name in summary["by_db"]]) + 2
-    lines = [f"execution accuracy {percent(summary['ex'], 2)}% ({summary['correct']}/{summary['n']})"
+    low, high = summary.get("ex_ci", (None, None))
+    lines = [f"execution accuracy {percent(summary['ex'], 2)}% ({summary['correct']}/{summary['n']}, 95% interval "
+             f"{percent(low)}-{percent(high)}%)"
              f"   gold errors: {summary['gold_errors']}", "",
              f"{'hardness':<{width}}{'n':>6}{'ex %':>8}"]
     for level, row in summary["by_hardness"].items():

@@ -26,7 +26,8 @@ FORMAT_VERSION = 1
 GRAPH_FILE = "decoder.pt"
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-                   "tokenizer.model", "added_tokens.json", "chat_template.jinja")
+                   "tokenizer.model", "added_tokens.json", "chat_template.jinja",
+                   "prompt.json")  # prompt.json: the prompt settings the model was trained with (prompting.py)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # bfloat16: transformers' own cached decoding differs from its full forward pass by up to ~1.2 on SmolLM2-135M.
 DEFAULT_LOGIT_TOLERANCE = {"float32": 1e-4, "bfloat16": 0.1}

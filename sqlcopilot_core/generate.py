@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from sqlcopilot_core.prompting import build_prompt, extract_sql
-from sqlcopilot_core.spider import Example, serialize_schema
+from sqlcopilot_core.prompting import Prompter, PromptSettings, extract_sql
+from sqlcopilot_core.spider import Example
 
 
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -87,14 +87,13 @@ def statement_end_ids(tokenizer) -> frozenset[int]:
     return cached
 
 
-def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 8,
+def greedy_generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 8,
                     progress=True) -> list[str]:
-    """Decoded greedy continuations of `prompts`, in input order; batches hold prompts of similar length."""
+    """Decoded greedy continuations of token-id `prompts`, in input order; batches hold prompts of similar length."""
     if batch_size < 1 or max_new_tokens < 1:
         raise ValueError(f"greedy_generate: batch_size ({batch_size}) and max_new_tokens ({max_new_tokens}) must "
                          f"be at least 1")
-    encoded = [tokenizer(p).input_ids for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     eos_id = tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
     stop_ids = statement_end_ids(tokenizer)
@@ -105,7 +104,7 @@ def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int, b
         with tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress) as bar:
             for start in range(0, len(order), batch_size):
                 chunk = order[start:start + batch_size]
-                continuations = greedy_generate_ids(model, [encoded[i] for i in chunk], max_new_tokens, eos_id,
+                continuations = greedy_generate_ids(model, [prompts[i] for i in chunk], max_new_tokens, eos_id,
                                                     pad_id, stop_ids=stop_ids)
                 for i, tokens in zip(chunk, continuations):
                     results[i] = tokenizer.decode(tokens, skip_special_tokens=True)
@@ -115,39 +114,12 @@ def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int, b
     return results
 
 
-class PromptMaker:
-    """`prompting.example_prompt` for many examples, serializing each database's schema only once."""
-
-    def __init__(self, values_per_column: int = 0, max_schema_tokens: int | None = None, tokenizer=None):
-        self.values_per_column, self.max_schema_tokens, self.tokenizer = values_per_column, max_schema_tokens, tokenizer
-        self.schemas: dict[Path, str] = {}
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text).input_ids)
-
-    def __call__(self, example: Example) -> str:
-        if example.db_path not in self.schemas:
-            self.schemas[example.db_path] = serialize_schema(
-                example.db_path, values_per_column=self.values_per_column, max_tokens=self.max_schema_tokens,
-                count_tokens=self.count_tokens if self.tokenizer is not None else None)
-        return build_prompt(self.schemas[example.db_path], example.question)
-
-
-def example_prompts(examples: list[Example], *, values_per_column: int = 0, max_schema_tokens: int | None = None,
-                    tokenizer=None) -> list[str]:
-    """The prompt of every example, exactly as `prompting.example_prompt` writes it."""
-    make = PromptMaker(values_per_column, max_schema_tokens, tokenizer)
-    return [make(e) for e in examples]
-
-
 @dataclass(frozen=True)
 class PredictConfig:
     """How a model answers Spider questions when it is scored."""
 
-    values_per_column: int = 0
-    """Sample values shown per column in the schema prompt (0 = none)."""
-    max_schema_tokens: int | None = 400
-    """Schema budget in tokens; sample values, then trailing tables, are dropped to fit (None = no limit)."""
+    prompt: PromptSettings = PromptSettings()
+    """The prompt (schema form, budget, filter, value hints): the model's own, from its prompt.json."""
     max_new_tokens: int = 128
     """Longest SQL generated, in tokens."""
     batch_size: int = 8
@@ -156,10 +128,6 @@ class PredictConfig:
     """Score only the first `limit` dev examples (None = all)."""
 
     def __post_init__(self):
-        if self.values_per_column < 0:
-            raise ValueError(f"PredictConfig.values_per_column must be >= 0, got {self.values_per_column}")
-        if self.max_schema_tokens is not None and self.max_schema_tokens < 1:
-            raise ValueError(f"PredictConfig.max_schema_tokens must be >= 1 or None, got {self.max_schema_tokens}")
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError(f"PredictConfig.max_new_tokens ({self.max_new_tokens}) and batch_size "
                              f"({self.batch_size}) must be >= 1")
@@ -167,11 +135,16 @@ class PredictConfig:
             raise ValueError(f"PredictConfig.limit must be >= 1 or None, got {self.limit}")
 
 
+def example_prompt_ids(examples: list[Example], settings: PromptSettings, tokenizer) -> list[list[int]]:
+    """The prompt token ids of every example, exactly as training packs them (Prompter.ids)."""
+    prompter = Prompter(settings, tokenizer)
+    return [prompter.ids(e.db_path, e.question) for e in examples]
+
+
 def predict_examples(model, tokenizer, examples: list[Example], config: PredictConfig, progress=True) -> list[str]:
     """One predicted SQL statement per example (the first `config.limit` examples when a limit is set)."""
     chosen = examples[:config.limit] if config.limit is not None else examples
-    prompts = example_prompts(chosen, values_per_column=config.values_per_column,
-                              max_schema_tokens=config.max_schema_tokens, tokenizer=tokenizer)
+    prompts = example_prompt_ids(chosen, config.prompt, tokenizer)
     generations = greedy_generate(model, tokenizer, prompts, config.max_new_tokens, config.batch_size, progress)
     return [extract_sql(text) for text in generations]
 
@@ -189,7 +162,7 @@ def write_predictions_jsonl(path: str | Path, examples: list[Example], preds: li
 
 
 @torch.inference_mode()
-def decode_tokens_per_s(model, tokenizer, prompt: str, n_tokens: int = 64) -> float:
+def decode_tokens_per_s(model, tokenizer, prompt_ids: list[int], n_tokens: int = 64) -> float:
     """Greedy decode speed at batch size 1 after the prompt is in the cache (prefill excluded), tokens per second.
 
     Exactly `n_tokens` tokens are decoded whatever the model says (end-of-text does not stop it), after one short
@@ -197,7 +170,7 @@ def decode_tokens_per_s(model, tokenizer, prompt: str, n_tokens: int = 64) -> fl
     """
     if n_tokens < 2:
         raise ValueError(f"decode_tokens_per_s: n_tokens must be >= 2, got {n_tokens}")
-    ids = [tokenizer(prompt).input_ids]
+    ids = [list(prompt_ids)]
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id or 0
     was_training = model.training
     model.eval()
@@ -227,9 +200,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--out", default="predictions.jsonl")
     args = parser.parse_args(argv)
+    from sqlcopilot_core.prompting import model_prompt_settings
+
     model, tokenizer = load_model(args.model_dir)
     examples = load_split(args.spider_dir, args.split)
-    config = PredictConfig(batch_size=args.batch_size, limit=args.limit)
+    config = PredictConfig(model_prompt_settings(args.model_dir), batch_size=args.batch_size, limit=args.limit)
     start = time.perf_counter()
     preds = predict_examples(model, tokenizer, examples, config)
     print(f"{len(preds)} predictions in {time.perf_counter() - start:.1f} s -> "

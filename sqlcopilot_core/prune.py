@@ -142,16 +142,18 @@ def _batch_loss(model: nn.Module, batch: torch.Tensor | Mapping[str, torch.Tenso
 CALIBRATION_TOKENS = 512
 
 
-def calibration_sequences(train_dir: Path, tokenizer, count: int, seed: int) -> list[list[int]]:
-    """Prompt + gold SQL token ids of `count` Spider train examples (Taylor importance needs real gradients)."""
-    from sqlcopilot_core.prompting import example_prompt
+def calibration_sequences(train_dir: Path, tokenizer, count: int, seed: int, prompt=None) -> list[list[int]]:
+    """Prompt + gold SQL token ids of `count` Spider train examples (Taylor importance needs real gradients), with
+    the prompt the model was trained on (`prompt`: its PromptSettings)."""
+    from sqlcopilot_core.packing import target_ids
+    from sqlcopilot_core.prompting import Prompter, PromptSettings
     from sqlcopilot_core.spider import load_split
 
     examples = load_split(train_dir, "train")
     chosen = random.Random(seed).sample(examples, min(count, len(examples)))
-    texts = [example_prompt(e.db_path, e.question, max_schema_tokens=384, tokenizer=tokenizer) + e.query
-             for e in chosen]
-    return [tokenizer(text).input_ids[-CALIBRATION_TOKENS:] for text in texts]
+    prompter = Prompter(prompt or PromptSettings(), tokenizer)
+    return [(prompter.ids(e.db_path, e.question) + target_ids(tokenizer, e.query))[-CALIBRATION_TOKENS:]
+            for e in chosen]
 
 
 def accumulate_gradients(model: nn.Module, calibration: Calibration | None, config: PruneConfig) -> int:

@@ -26,10 +26,6 @@ class EvalConfig:
     limit: int | None = None
     """Score N examples spread evenly over the split (None: all); Spider files are grouped by database, so the
     first N would cover one or two. CPU generation is slow; the profiles set this."""
-    values_per_column: int = 0
-    """Distinct sample values per column in the schema prompt."""
-    max_schema_tokens: int | None = 768
-    """Token budget of the serialized schema."""
     max_new_tokens: int = 96
     """Longest generated SQL, in tokens."""
     batch_size: int = 8
@@ -88,11 +84,11 @@ def score_predictions_to(out_dir: Path, examples: list[Example], predictions: li
     return summary
 
 
-def predict_config(config: EvalConfig):
+def predict_config(config: EvalConfig, prompt):
+    """How `config` generates, with the prompt settings of the model being scored (its prompt.json)."""
     from sqlcopilot_core.generate import PredictConfig
 
-    return PredictConfig(values_per_column=config.values_per_column, max_schema_tokens=config.max_schema_tokens,
-                         max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
+    return PredictConfig(prompt, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
 
 
 def score_model(model, tokenizer, weights_dir: Path, config: EvalConfig, out_dir: Path,
@@ -100,25 +96,21 @@ def score_model(model, tokenizer, weights_dir: Path, config: EvalConfig, out_dir
     """The standard metrics of a model (Python runtime): ex, params, size_mb, tokens_per_s; files under out_dir."""
     from sqlcopilot_core.generate import decode_tokens_per_s, predict_examples
     from sqlcopilot_core.modeling import count_parameters
+    from sqlcopilot_core.prompting import Prompter, model_prompt_settings
 
     examples = examples if examples is not None else eval_examples(config)
-    predictions = predict_examples(model, tokenizer, examples, predict_config(config))
+    prompt = model_prompt_settings(weights_dir)
+    predictions = predict_examples(model, tokenizer, examples, predict_config(config, prompt))
     summary = score_predictions_to(out_dir, examples, predictions, config)
-    speed_prompt = predict_prompt(examples[0], tokenizer, config)
+    speed_prompt = Prompter(prompt, tokenizer).ids(examples[0].db_path, examples[0].question)
     return {**summary_metrics(summary), "params": count_parameters(model),
             "size_mb": round(folder_size_mb(weights_dir), 3),
             "tokens_per_s": round(decode_tokens_per_s(model, tokenizer, speed_prompt, config.speed_tokens), 2)}
 
 
 def summary_metrics(summary: dict[str, Any]) -> dict[str, Any]:
-    """The MLflow metrics of a scoring summary: ex, n, ex per hardness level, prediction errors by kind."""
-    return {"ex": summary["ex"], "n": summary["n"],
+    """The MLflow metrics of a scoring summary: ex with its 95% interval, n, ex per hardness level, prediction
+    errors by kind."""
+    return {"ex": summary["ex"], "n": summary["n"], "ex_ci_low": summary["ex_ci"][0], "ex_ci_high": summary["ex_ci"][1],
             **{f"ex_{level}": v["ex"] for level, v in summary["by_hardness"].items() if v["ex"] is not None},
             **{f"errors_{kind}": n for kind, n in summary["errors"].items() if n}}
-
-
-def predict_prompt(example: Example, tokenizer, config: EvalConfig) -> str:
-    from sqlcopilot_core.prompting import example_prompt
-
-    return example_prompt(example.db_path, example.question, values_per_column=config.values_per_column,
-                          max_schema_tokens=config.max_schema_tokens, tokenizer=tokenizer)

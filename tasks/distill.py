@@ -16,19 +16,22 @@ from sqlcopilot_core.artifacts import Artifact
 from sqlcopilot_core.config import config_from_dict, config_to_dict
 from sqlcopilot_core.distill import DistillConfig, distill as distill_student
 from sqlcopilot_core.modeling import load_model
+from sqlcopilot_core.prompting import model_prompt_settings
+from sqlcopilot_core.training import with_prompt_settings
 from sqlcopilot_core.scoring import resolve_spider_dir
 from sqlcopilot_core.spider import load_split
 from tasks.evaluate import python_scorer
 from tasks.stage import run_stage
 
-MODULES = ("distill", "finetune", "training", "modeling", "prompting", "spider")
+MODULES = ("distill", "training", "packing", "modeling", "prompting", "schema_prompt", "spider", "generate")
 
 
 @task(name="distill", cache_policy=NO_CACHE)
 def distill(settings: dict[str, Any], student: Artifact, teacher: Artifact, spider_dir: str | None,
             eval_settings: dict[str, Any], parent_run_id: str | None = None) -> Artifact:
     """The pruned model trained toward the fine-tuned teacher's logits and hidden states."""
-    config = config_from_dict(DistillConfig, settings, "distill")
+    # the student is trained and asked with the prompt its teacher learned
+    config = with_prompt_settings(config_from_dict(DistillConfig, settings, "distill"), model_prompt_settings(teacher.path))
     train_dir = resolve_spider_dir(spider_dir)
     resolved = {**config_to_dict(config), "train_data": str(train_dir)}
 

@@ -15,7 +15,8 @@ from sqlcopilot_core.artifacts import Artifact
 from sqlcopilot_core.config import config_from_dict, config_to_dict
 from sqlcopilot_core.copilot import EXPORT_SUBDIR
 from sqlcopilot_core.export import ExportConfig, export_model
-from sqlcopilot_core.scoring import eval_examples, predict_prompt
+from sqlcopilot_core.prompting import Prompter, model_prompt_settings
+from sqlcopilot_core.scoring import eval_examples
 from sqlcopilot_core.modeling import count_parameters, load_model
 from tasks.evaluate import eval_config
 from tasks.stage import run_stage
@@ -31,8 +32,9 @@ def export(settings: dict[str, Any], model: Artifact, eval_settings: dict[str, A
 
     def produce(staging: Path, checkpoints: Path, run_id: str) -> dict[str, Any]:
         eager, tokenizer = load_model(model.path)
-        evaluation = eval_config(eval_settings)
-        prompts = [predict_prompt(e, tokenizer, evaluation) for e in eval_examples(evaluation)[:config.parity_prompts]]
+        prompter = Prompter(model_prompt_settings(model.path), tokenizer)
+        prompts = [prompter.text(e.db_path, e.question)
+                   for e in eval_examples(eval_config(eval_settings))[:config.parity_prompts]]
         manifest = export_model(model.path, staging / EXPORT_SUBDIR, config, prompts)
         parity = manifest["parity"]
         return {"max_logit_diff": parity["max_abs_logit_diff"], "params": count_parameters(eager),

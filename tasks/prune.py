@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from sqlcopilot_core.artifacts import Artifact
 from sqlcopilot_core.config import config_from_dict, config_to_dict
 from sqlcopilot_core.modeling import load_model, save_model
+from sqlcopilot_core.prompting import model_prompt_settings, write_prompt_settings
 from sqlcopilot_core.prune import PruneConfig, calibration_sequences, make_calibration_batches, prune_model
 from sqlcopilot_core.scoring import resolve_spider_dir
 from tasks.evaluate import python_scorer
@@ -37,10 +38,12 @@ def prune(settings: dict[str, Any], teacher: Artifact, spider_dir: str | None, e
         calibration = None
         if config.criterion == "taylor":
             count = config.calibration_batches * config.calibration_batch_size
-            sequences = calibration_sequences(train_dir, tokenizer, count, config.seed)
+            sequences = calibration_sequences(train_dir, tokenizer, count, config.seed,
+                                              model_prompt_settings(teacher.path))
             calibration = make_calibration_batches(sequences, config, tokenizer.pad_token_id)
         report = prune_model(model, config, calibration)
         save_model(model, tokenizer, staging)
+        write_prompt_settings(staging, model_prompt_settings(teacher.path))
         (staging / "prune_report.json").write_text(json.dumps(report, indent=1))
         return {"achieved_ratio": report["achieved_ratio"], "kept_parameters": report["kept_parameters"],
                 "original_parameters": report["original_parameters"], "hidden_size": report["hidden_size"],

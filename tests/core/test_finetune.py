@@ -6,49 +6,22 @@ import torch
 from safetensors.torch import load_file
 
 from sqlcopilot_core.config import ConfigError, config_from_dict
-from sqlcopilot_core.finetune import (FinetuneConfig, TrainingData, collate, exec_guided_weights, finetune, main,
-                                      per_example_loss, weighted_sql_loss)
+from sqlcopilot_core.finetune import FinetuneConfig, exec_guided_weights, finetune, main, weighted_sql_loss
 from sqlcopilot_core.generate import PredictConfig, predict_examples
 from sqlcopilot_core.modeling import load_model, tiny_model_and_tokenizer
+from sqlcopilot_core.packing import PackedData, collate_packs, per_branch_loss
+from sqlcopilot_core.prompting import Prompter, model_prompt_settings
 from sqlcopilot_core.spider import Example
 from tests.core.test_generate import pet_examples  # noqa: F401  (fixture)
 
 FAST = dict(warmup_steps=0, batch_size=2, max_seq_len=256, max_schema_tokens=None, log_every=1,
             checkpoint_every=0, gen_max_new_tokens=12)
-MODEL_FILES = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
+MODEL_FILES = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+               "prompt.json"}
 
 
 def weights(model) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def test_labels_mask_prompt_and_padding_and_prompt_is_cut_from_the_left(pet_examples):
-    _, tokenizer = tiny_model_and_tokenizer()
-    data = TrainingData(pet_examples, tokenizer, FinetuneConfig(**{**FAST, "max_seq_len": 130}))
-    short, long = data.encode(0), data.encode(2)
-    assert len(short.prompt_ids) + len(short.target_ids) == 130  # the schema does not fit: cut to max_seq_len
-    assert tokenizer.decode(short.prompt_ids).endswith("-- Question: How many pets are there?\n"
-                                                       "-- SQLite query answering the question:\n")
-    assert tokenizer.decode(long.target_ids) == "SELECT age FROM pets WHERE name = 'Rex'<|endoftext|>"
-    batch = collate([short, long], tokenizer.pad_token_id)
-    width = batch.input_ids.shape[1]
-    for row, encoded in enumerate([short, long]):
-        n_target = len(encoded.target_ids)
-        assert batch.labels[row, width - n_target:].tolist() == encoded.target_ids
-        assert (batch.labels[row, :width - n_target] == -100).all()
-        n_pad = width - len(encoded.prompt_ids) - n_target
-        assert (batch.input_ids[row, :n_pad] == tokenizer.pad_token_id).all()
-        assert batch.attention_mask[row].tolist() == [0] * n_pad + [1] * (width - n_pad)
-    assert batch.keep == len(long.target_ids) + 1
-
-
-def test_padding_does_not_change_an_examples_loss(pet_examples):
-    model, tokenizer = tiny_model_and_tokenizer()
-    data = TrainingData(pet_examples, tokenizer, FinetuneConfig(**FAST))
-    encoded = [data.encode(i) for i in range(len(pet_examples))]
-    together = per_example_loss(model, collate(encoded, tokenizer.pad_token_id))
-    alone = torch.cat([per_example_loss(model, collate([e], tokenizer.pad_token_id)) for e in encoded])
-    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
 
 
 def test_exec_guided_weights_grow_with_edit_distance():
@@ -61,20 +34,21 @@ def test_exec_guided_weights_grow_with_edit_distance():
         exec_guided_weights([gold, gold], [gold], [True, True])
 
 
-def test_all_matching_batch_has_zero_loss_and_no_gradient(pet_examples):
+def test_all_matching_batch_has_no_loss_and_no_gradient(pet_examples):
     model, tokenizer = tiny_model_and_tokenizer()
     model.train()
-    data = TrainingData(pet_examples, tokenizer, FinetuneConfig(**FAST))
-    batch = collate([data.encode(0), data.encode(1)], tokenizer.pad_token_id)
-    gold_ids = [e.target_ids[:-1] for e in batch.encoded]
-    loss = weighted_sql_loss(model, batch, exec_guided_weights(gold_ids, gold_ids, [True, True]))
-    assert float(loss) == 0.0 and not loss.requires_grad
+    config = FinetuneConfig(**FAST)
+    data = PackedData(pet_examples[:2], tokenizer, Prompter(config.prompt_settings(), tokenizer), 1024, 0,
+                      progress=False)
+    batch = collate_packs(data.epoch_packs(0), tokenizer.pad_token_id)
+    gold_ids = [list(e.target_ids[:-1]) for e in batch.examples]
+    assert weighted_sql_loss(model, batch, exec_guided_weights(gold_ids, gold_ids, [True, True])) is None
     assert all(p.grad is None for p in model.parameters())
     # One wrong answer: only its cross-entropy counts, scaled by its edit distance, averaged over the batch.
     wrong = [gold_ids[0], gold_ids[1][:-4]]
     mixed = exec_guided_weights(wrong, gold_ids, [True, False])
     loss = weighted_sql_loss(model, batch, mixed)
-    expected = mixed[1] * per_example_loss(model, batch)[1] / 2
+    expected = mixed[1] * per_branch_loss(model, batch)[1] / 2
     torch.testing.assert_close(loss, expected)
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
@@ -108,7 +82,7 @@ def test_sft_loss_decreases_and_stats_count_the_run(memorized):
     assert len(losses) == 40 and losses[19] < losses[0] / 2 and losses[-1] < losses[19]
     assert {k: stats[k] for k in ("steps", "examples_seen", "epochs", "stop_reason", "skipped_correct")} == \
         {"steps": 40, "examples_seen": 40, "epochs": 40.0, "stop_reason": "max_steps", "skipped_correct": 0}
-    assert stats["train_tokens"] > 40 * 9 and stats["tokens_per_s"] > 0
+    assert stats["train_tokens"] > 40 * 9 and stats["tokens_per_s"] > 0 and stats["examples_per_s"] > 0
     assert predict_examples(model, tokenizer, examples, PredictConfig(max_new_tokens=12), progress=False) == \
         ["SELECT 1"]
 
@@ -123,7 +97,8 @@ def test_exec_guided_skips_answers_that_already_run_right(memorized, tmp_path):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing to learn: no update
     unknown = dataclasses.replace(known, query="SELECT 2", question="How many pets are old?", index=1)
     metrics = []
-    stats = finetune(model, tokenizer, [known, unknown], dataclasses.replace(config, max_steps=1, batch_size=2),
+    # one pack holds both questions (same schema)
+    stats = finetune(model, tokenizer, [known, unknown], dataclasses.replace(config, max_steps=1),
                      tmp_path / "one_wrong", on_metrics=lambda step, m: metrics.append(m))
     assert stats["skipped_correct"] == 1 and metrics[0]["skipped_correct_total"] == 1 and stats["final_loss"] > 0
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -147,7 +122,8 @@ def test_killed_run_resumes_to_the_same_weights(pet_examples, tmp_path):
     model, tokenizer = tiny_model_and_tokenizer()
     resumed = finetune(model, tokenizer, pet_examples[:3], config, tmp_path / "killed", tmp_path / "ckpt")
     assert resumed["resumed_from_step"] == 3 and resumed["steps"] == straight["steps"] == 6
-    assert resumed["examples_seen"] == straight["examples_seen"] == 12 and resumed["epochs"] == 4.0
+    assert resumed["examples_seen"] == straight["examples_seen"] > 6
+    assert resumed["epochs"] == straight["epochs"] == straight["examples_seen"] / 3
     a, _ = load_model(tmp_path / "straight")
     b, _ = load_model(tmp_path / "killed")
     for name, value in a.state_dict().items():
@@ -173,6 +149,7 @@ def test_lora_run_saves_a_plain_merged_model(pet_examples, tmp_path):
     config = FinetuneConfig(**{**FAST, "lora": True, "lora_r": 4, "learning_rate": 1e-2, "max_steps": 3})
     stats = finetune(model, tokenizer, pet_examples, config, tmp_path / "out", tmp_path / "ckpt")
     assert {p.name for p in (tmp_path / "out").iterdir()} == MODEL_FILES
+    assert model_prompt_settings(tmp_path / "out") == config.prompt_settings()  # the model carries its prompt
     assert not any("lora" in k for k in load_file(tmp_path / "out" / "model.safetensors"))
     adapters = load_file(tmp_path / "ckpt" / "step-00000003" / "trainable.safetensors")
     assert adapters and all("lora_" in k for k in adapters)
@@ -201,6 +178,15 @@ def test_command_line_help(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0 and "--resume-dir" in capsys.readouterr().out
+
+
+def test_epochs_set_the_step_count(pet_examples, tmp_path):
+    model, tokenizer = tiny_model_and_tokenizer()
+    config = FinetuneConfig(**{**FAST, "batch_size": 1, "epochs": 2, "max_steps": 1000, "max_seq_len": 512})
+    stats = finetune(model, tokenizer, pet_examples, config, tmp_path / "out")
+    assert stats["planned_steps"] == stats["steps"] == 2 * stats["packs_per_epoch"]
+    assert stats["examples_seen"] == 2 * len(pet_examples) and stats["epochs"] == 2.0
+    assert stats["tokens_per_epoch_packed"] < stats["tokens_per_epoch_unpacked"]
 
 
 def test_example_stream_resumes_mid_epoch_and_reshuffles_each_epoch():

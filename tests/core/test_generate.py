@@ -5,10 +5,10 @@ import torch
 from transformers import GenerationConfig
 
 from sqlcopilot_core.evaluation import read_predictions
-from sqlcopilot_core.generate import (PredictConfig, decode_tokens_per_s, example_prompts, greedy_generate,
+from sqlcopilot_core.generate import (PredictConfig, decode_tokens_per_s, example_prompt_ids, greedy_generate,
                                       greedy_generate_ids, predict_examples, write_predictions_jsonl)
 from sqlcopilot_core.modeling import tiny_model_and_tokenizer
-from sqlcopilot_core.prompting import example_prompt
+from sqlcopilot_core.prompting import PromptSettings, Prompter, example_prompt
 from sqlcopilot_core.spider import Example
 
 PET_QUERIES = [
@@ -55,15 +55,19 @@ def test_generation_stops_at_end_of_text_and_keeps_input_order(tiny):
     stop = free[0][3]
     stopped = greedy_generate_ids(model, [tokenizer(prompts[0]).input_ids], 10, stop, tokenizer.pad_token_id)[0]
     assert stopped == free[0][:free[0].index(stop)]
-    texts = greedy_generate(model, tokenizer, prompts, 10, batch_size=1, progress=False)
+    texts = greedy_generate(model, tokenizer, [tokenizer(p).input_ids for p in prompts], 10, batch_size=1,
+                            progress=False)
     assert texts == [tokenizer.decode(f, skip_special_tokens=True) for f in free]
 
 
-def test_example_prompts_equal_example_prompt(pet_examples, tiny):
+def test_prompt_ids_are_the_prompt_text_tokenized_in_its_two_parts(pet_examples, tiny):
     _, tokenizer = tiny
-    for options in ({}, {"values_per_column": 2, "max_schema_tokens": 60, "tokenizer": tokenizer}):
-        assert example_prompts(pet_examples, **options) == [example_prompt(e.db_path, e.question, **options)
-                                                            for e in pet_examples]
+    for settings in (PromptSettings(), PromptSettings(form="create_table", values_per_column=2, max_schema_tokens=60)):
+        ids = example_prompt_ids(pet_examples, settings, tokenizer)
+        texts = [example_prompt(e.db_path, e.question, settings, tokenizer) for e in pet_examples]
+        assert [tokenizer.decode(i) for i in ids] == texts
+        prefix, branch = Prompter(settings, tokenizer).parts(pet_examples[0].db_path, pet_examples[0].question)
+        assert ids[0] == tokenizer(prefix).input_ids + tokenizer(branch, add_special_tokens=False).input_ids
 
 
 def test_predictions_file_is_what_the_evaluator_reads(pet_examples, tiny, tmp_path):
@@ -76,7 +80,7 @@ def test_predictions_file_is_what_the_evaluator_reads(pet_examples, tiny, tmp_pa
 
 def test_decode_speed_and_config_checks(tiny):
     model, tokenizer = tiny
-    assert decode_tokens_per_s(model, tokenizer, "SELECT", n_tokens=8) > 0
+    assert decode_tokens_per_s(model, tokenizer, tokenizer("SELECT").input_ids, n_tokens=8) > 0
     assert not model.training
     with pytest.raises(ValueError, match="limit must be >= 1"):
         PredictConfig(limit=0)
