@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from sqlcopilot_core.config import ConfigError, config_from_dict, parse_key_values
 from sqlcopilot_core.modeling import count_parameters, layer_shapes, save_model
-from sqlcopilot_core.packing import PackedBatch, per_branch_mean
+from sqlcopilot_core.packing import PackedBatch, packed_forward, per_branch_mean
 from sqlcopilot_core.prompting import write_prompt_settings
 from sqlcopilot_core.spider import Example
 from sqlcopilot_core.training import Run, TrainingConfig, is_number, setup_run, train
@@ -236,84 +236,55 @@ def describe_mapping(student, teacher, layer_map: tuple[int, ...], projection: d
 
 # ---- loss ----
 
-class LayerOutputs:
-    """Within `with`: a dict filled, during forward passes, with the output hidden state of chosen decoder layers."""
-
-    def __init__(self, model, indices):
-        self.layers, self.indices, self.outputs, self.handles = model.model.layers, sorted(set(indices)), {}, []
-
-    def __enter__(self) -> dict[int, torch.Tensor]:
-        for index in self.indices:
-            self.handles.append(self.layers[index].register_forward_hook(self._recorder(index)))
-        return self.outputs
-
-    def _recorder(self, index: int):
-        def record(module, args, output):
-            self.outputs[index] = output[0] if isinstance(output, tuple) else output
-        return record
-
-    def __exit__(self, *exc_info) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-
 def per_row_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of `values` over each row's masked-in positions, then over the rows."""
     mask = mask.to(values.dtype)
     return ((values * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
 
 
-def logits_and_hidden(model, batch: PackedBatch, layers: Sequence[int]) -> tuple[torch.Tensor, dict]:
-    """Logits at the batch's SQL-predicting positions (N, vocab) and the hidden states of `layers`."""
-    rows, cols = batch.loss_positions.unbind(1)
-    columns, where = torch.unique(cols, return_inverse=True)
-    with LayerOutputs(model, layers) as hidden:
-        logits = model(**batch.model_inputs(), logits_to_keep=columns, use_cache=False).logits[rows, where]
-    return logits, hidden
-
-
-def teacher_outputs(run: Run, batch: PackedBatch) -> tuple[torch.Tensor, dict]:
-    """Teacher logits at the SQL positions and hidden states of the mapped layers, once per batch, as float32
+def teacher_outputs(run: Run, batch: PackedBatch) -> dict:
+    """The teacher's logits at the SQL positions and hidden states of the mapped layers, once per batch, as float32
     tensors autograd accepts."""
     with torch.inference_mode(), run.autocast():
-        logits, hidden = logits_and_hidden(run.extra["teacher"], batch, run.extra["layer_map"])
+        out = packed_forward(run.extra["teacher"], batch, run.extra["layer_map"])
     # inference-mode tensors cannot be saved for backward; clones made outside inference mode can
-    return logits.float().clone(), {i: h.float().clone() for i, h in hidden.items()}
+    return {"logits": out["logits"].float().clone(), "hidden": {i: h.float().clone() for i, h in out["hidden"].items()}}
 
 
 def loss_parts(run: Run, batch: PackedBatch, phase: Phase) -> dict[str, Any]:
-    """KL and CE on the SQL positions and each student layer's hidden MSE against its projected teacher layer.
-    Every part is computed for the metrics; those `phase` does not optimize are computed without gradient."""
+    """KL and CE on the SQL positions and each student layer's hidden MSE against its projected teacher layer
+    (mean over every real token of a pack, then over the packs). Every part is computed for the metrics; those
+    `phase` does not optimize are computed without gradient."""
     modules, layer_map = run.unwrapped, run.extra["layer_map"]
-    teacher_logits, teacher_hidden = teacher_outputs(run, batch)
+    teacher = teacher_outputs(run, batch)
     with run.autocast():
-        logits, hidden = logits_and_hidden(modules.student, batch, range(len(layer_map)))
-    logits = logits.float()
+        student = packed_forward(modules.student, batch, range(len(layer_map)))
     real = batch.real_tokens
     hidden_mse = []
     for i, j in enumerate(layer_map):
         with torch.set_grad_enabled(i in phase.hidden_layers):
-            target = modules.projections[i](teacher_hidden[j])
-            mse = per_row_mean((hidden[i].float() - target).pow(2).mean(-1), real)
+            target = modules.projections[i](teacher["hidden"][j])
+            mse = per_row_mean((student["hidden"][i].float() - target).pow(2).mean(-1), real)
             if run.config.hidden_loss == "relative_mse":
                 # not detached: a learned projection must not lower the loss by growing or shrinking the target
                 mse = mse / per_row_mean(target.pow(2).mean(-1), real).clamp(min=1e-12)
             hidden_mse.append(mse)
     with torch.set_grad_enabled(phase.logits):
-        kl, ce = logit_losses(logits, teacher_logits, batch, run.config.temperature)
+        kl, ce = logit_losses(student["logits"].float(), teacher["logits"], student["labels"], student["branch"],
+                              len(batch.examples), run.config.temperature)
     return {"kl": kl, "ce": ce, "hidden_by_layer": hidden_mse}
 
 
-def logit_losses(logits: torch.Tensor, teacher_logits: torch.Tensor, batch: PackedBatch,
-                 temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def logit_losses(logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, branch: torch.Tensor,
+                 n_examples: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(KL(teacher || student) at `temperature`, times temperature^2; student cross-entropy), each averaged over
     every example's SQL tokens, then over the examples."""
-    labels = batch.next_ids[tuple(batch.loss_positions.unbind(1))]
     student_log_p = F.log_softmax(logits / temperature, -1)
     teacher_log_p = F.log_softmax(teacher_logits / temperature, -1)
     kl = (teacher_log_p.exp() * (teacher_log_p - student_log_p)).sum(-1)
     ce = F.cross_entropy(logits, labels, reduction="none")
-    return (per_branch_mean(kl, batch).mean() * temperature ** 2, per_branch_mean(ce, batch).mean())
+    return (per_branch_mean(kl, branch, n_examples).mean() * temperature ** 2,
+            per_branch_mean(ce, branch, n_examples).mean())
 
 
 def phase_loss(parts: dict[str, Any], phase: Phase, config: DistillConfig) -> tuple[torch.Tensor, torch.Tensor]:

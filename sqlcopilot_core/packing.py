@@ -143,34 +143,57 @@ def collate_packs(packs: list[Pack], pad_id: int) -> PackedBatch:
     return PackedBatch(ids, mask[:, None], positions, next_ids, branch, packs)
 
 
-def sql_logits(model, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits at the positions that predict SQL tokens, shape (N, vocab), float32; their labels, shape (N,)).
+class LayerOutputs:
+    """Within `with`: a dict filled, during a forward pass, with the output hidden states of chosen decoder layers."""
 
-    The decoder runs once over the packs, through the model's own forward (so a DDP or LoRA wrapper sees the call);
-    the output layer runs only at the columns where some row takes a loss.
+    def __init__(self, model, indices):
+        self.model, self.indices, self.handles = model, sorted(set(indices)), []
+        self.outputs: dict[int, torch.Tensor] = {}
+
+    def __enter__(self) -> dict[int, torch.Tensor]:
+        layers = self.model.model.layers if self.indices else []
+        for index in self.indices:
+            self.handles.append(layers[index].register_forward_hook(self._recorder(index)))
+        return self.outputs
+
+    def _recorder(self, index: int):
+        def record(module, args, output):
+            self.outputs[index] = output[0] if isinstance(output, tuple) else output
+        return record
+
+    def __exit__(self, *exc_info) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def packed_forward(model, batch: PackedBatch, hidden_layers=()) -> dict:
+    """One forward pass over the packs: {"logits": (N, vocab) at the positions that predict SQL tokens,
+    "labels": (N,), "branch": (N,) index into batch.examples of each, "hidden": {layer: (B, L, width)}}.
+
+    It goes through the model's own forward (so a DDP or LoRA wrapper sees the call); the output layer runs only
+    at the columns where some row takes a loss.
     """
     rows, cols = batch.loss_positions.unbind(1)
     columns, where = torch.unique(cols, return_inverse=True)
-    logits = model(**batch.model_inputs(), logits_to_keep=columns, use_cache=False).logits
-    return logits[rows, where].float(), batch.next_ids[rows, cols]
+    with LayerOutputs(model, hidden_layers) as hidden:
+        logits = model(**batch.model_inputs(), logits_to_keep=columns, use_cache=False).logits[rows, where]
+    branches_before = torch.tensor([0] + [len(p.branches) for p in batch.packs[:-1]], device=rows.device).cumsum(0)
+    branch = branches_before[rows] + batch.branch_index[rows, cols] - 1
+    return {"logits": logits, "labels": batch.next_ids[rows, cols], "branch": branch, "hidden": dict(hidden)}
 
 
-def per_branch_mean(values: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
-    """Mean of per-loss-position `values` (N,) over each branch's SQL tokens, in batch.examples order."""
-    rows, cols = batch.loss_positions.unbind(1)
-    branches_before = torch.tensor([0] + [len(p.branches) for p in batch.packs[:-1]],
-                                   device=values.device).cumsum(0)
-    flat = branches_before[rows] + batch.branch_index[rows, cols] - 1
-    n = sum(len(p.branches) for p in batch.packs)
-    sums = torch.zeros(n, device=values.device, dtype=values.dtype).index_add(0, flat, values)
-    counts = torch.zeros(n, device=values.device, dtype=values.dtype).index_add(0, flat, torch.ones_like(values))
+def per_branch_mean(values: torch.Tensor, branch: torch.Tensor, n: int) -> torch.Tensor:
+    """Mean of per-loss-position `values` (N,) over each branch's SQL tokens (`branch`: (N,) indices < n)."""
+    sums = torch.zeros(n, device=values.device, dtype=values.dtype).index_add(0, branch, values)
+    counts = torch.zeros(n, device=values.device, dtype=values.dtype).index_add(0, branch, torch.ones_like(values))
     return sums / counts.clamp(min=1)
 
 
 def per_branch_loss(model, batch: PackedBatch) -> torch.Tensor:
     """Cross-entropy on each branch's SQL tokens, averaged per branch: shape (branches,), float32."""
-    logits, labels = sql_logits(model, batch)
-    return per_branch_mean(F.cross_entropy(logits, labels, reduction="none"), batch)
+    out = packed_forward(model, batch)
+    losses = F.cross_entropy(out["logits"].float(), out["labels"], reduction="none")
+    return per_branch_mean(losses, out["branch"], len(batch.examples))
 
 
 class PackedData:

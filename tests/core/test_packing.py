@@ -88,6 +88,18 @@ def test_mask_positions_and_labels(concert_examples):
     assert tokenizer.decode(list(second.target_ids)) == second.example.query + tokenizer.eos_token
 
 
+def test_packed_gradients_equal_the_sum_over_examples_alone(concert_examples):
+    model, tokenizer = tiny_model_and_tokenizer(seed=5)
+    data = data_for(concert_examples[:3], tokenizer)
+    batch = collate_packs(data.epoch_packs(0), tokenizer.pad_token_id)
+    per_branch_loss(model, batch).sum().backward()
+    packed = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    sum(loss_alone(model, tokenizer, e) for e in batch.examples).backward()
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(packed[name], param.grad, rtol=1e-3, atol=1e-5)
+
+
 def test_packing_reads_each_schema_once_and_every_epoch_differs(concert_examples):
     _, tokenizer = tiny_model_and_tokenizer()
     data = data_for(concert_examples * 4, tokenizer, max_seq_len=1024)
