@@ -19,7 +19,8 @@ from tests.core.test_generate import PET_QUERIES
 
 FAST = dict(warmup_steps=0, batch_size=2, max_seq_len=256, max_schema_tokens=None, log_every=1, checkpoint_every=0,
             learning_rate=3e-3)
-MODEL_FILES = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
+MODEL_FILES = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+               "prompt.json"}
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +159,7 @@ def test_killed_run_resumes_to_the_same_student_and_projections(pair, pet_exampl
                       on_metrics=lambda step, m: phases.append((step, m["phase"])))
     assert resumed["resumed_from_step"] == 3 and resumed["steps"] == straight["steps"] == 6
     assert phases == [(4, 1), (5, 2), (6, 2)]  # resumed in the middle of layer 1's phase
-    assert resumed["examples_seen"] == straight["examples_seen"] == 12
+    assert resumed["examples_seen"] == straight["examples_seen"] > 6  # batch_size packs a step
     a, _ = load_model(tmp_path / "straight")
     b, _ = load_model(tmp_path / "killed")
     for name, value in a.state_dict().items():
