@@ -23,20 +23,15 @@ def nightly_eval(model_name: str = "sqlcopilot", version_or_alias: str | int = "
     """Score the registered version; raise when ex drops by more than `tolerance` vs registration or last night."""
     evaluate = resolve_settings(profile, overrides or [], spider_dir)["evaluate"]
     version, artifact = resolve_registered_model(model_name, version_or_alias)
-    run_id = tracking.start_run(registry.NIGHTLY_RUN, evaluate, tags={
-        "nightly": "true", "model_name": model_name, "model_version": version["version"],
-        "requested": str(version_or_alias), "profile": profile, "eval_key": registry.eval_key(evaluate),
-        "artifact_stage": artifact.stage, "artifact_key": artifact.key})
-    try:
+    with tracking.run(registry.NIGHTLY_RUN, evaluate, tags={
+            "nightly": "true", "model_name": model_name, "model_version": version["version"],
+            "requested": str(version_or_alias), "profile": profile, "eval_key": registry.eval_key(evaluate),
+            "artifact_stage": artifact.stage, "artifact_key": artifact.key}) as run_id:
         metrics = score_registered_model(artifact, evaluate, run_id)
         report = compare_with_references(version, metrics, evaluate, tolerance, run_id)
-    except BaseException:
-        tracking.end_run(run_id, "FAILED")
-        raise
-    if report["regressions"]:
-        message = f"{model_name} version {version['version']}: " + "; ".join(report["regressions"])
-        tracking.set_tags(run_id, {"regression": message})
-        tracking.end_run(run_id, "FAILED")  # a failed night never becomes the next night's reference
-        raise registry.RegressionError(message)
-    tracking.end_run(run_id)
+        if report["regressions"]:
+            message = f"{model_name} version {version['version']}: " + "; ".join(report["regressions"])
+            tracking.set_tags(run_id, {"regression": message})
+            # the run closes FAILED: a failed night never becomes the next night's reference
+            raise registry.RegressionError(message)
     return {"mlflow_run_id": run_id, "model_version": version["version"], "ex": metrics["ex"], **report}

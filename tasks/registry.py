@@ -16,10 +16,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from sqlcopilot_core import registry, tracking
-from sqlcopilot_core.artifacts import Artifact, load_artifact
-from sqlcopilot_core.copilot import EXPORT_SUBDIR
-from tasks.evaluate import cpp_scorer, python_scorer
-from tasks.stage import Scorer, logger
+from sqlcopilot_core.artifacts import Artifact
+from sqlcopilot_core.stages import evaluate
+from tasks import logger
 
 
 @task(name="register_model", cache_policy=NO_CACHE)
@@ -43,23 +42,14 @@ def resolve_registered_model(model_name: str, version_or_alias: str | int) -> tu
     return {"name": model_name, "version": version.version, "tags": dict(version.tags)}, artifact
 
 
-def scorer_for(artifact: Artifact, eval_settings: dict[str, Any]) -> Scorer:
-    """A build artifact is scored through the C++ runner on its upstream export (as the build stage scores it);
-    a model folder through transformers."""
-    if artifact.stage != "build":
-        return python_scorer(eval_settings)
-    exported = load_artifact(artifact.path.parents[1] / "export" / artifact.manifest["upstream"]["export"])
-    return cpp_scorer(eval_settings, exported.path / EXPORT_SUBDIR, exported.metrics.get("params", 0))
-
-
 @task(name="score_registered_model", cache_policy=NO_CACHE)
 def score_registered_model(artifact: Artifact, eval_settings: dict[str, Any], run_id: str) -> dict[str, Any]:
     """Score the model afresh (never from the score cache: finding drift is the point); predictions go to MLflow."""
     with tempfile.TemporaryDirectory(prefix="nightly-") as out:
-        metrics = scorer_for(artifact, eval_settings)(artifact.path, Path(out))
+        metrics = evaluate.score_artifact(artifact, Path(out), evaluate.eval_config(eval_settings))
         for name in ("summary.json", "predictions.jsonl"):
             if (Path(out) / name).exists():
-                tracking.log_artifact(run_id, str(Path(out) / name), "eval")
+                tracking.log_artifact(run_id, str(Path(out) / name), evaluate.NAME)
     tracking.log_metrics(run_id, metrics)
     logger().info(f"nightly score of {artifact.stage} {artifact.key}: {metrics}")
     return metrics

@@ -53,7 +53,7 @@ def test_killed_finetune_resumes_from_last_checkpoint(work_home):
     env = {**os.environ, "SQLCOPILOT_HOME": str(work_home), "PREFECT_HOME": str(work_home / "prefect")}
     env.pop("PREFECT_API_URL", None)
     (work_home / "prefect").mkdir(parents=True)
-    command = [sys.executable, "-m", "sqlcopilot_core.cli", "rebuild", "--profile", "smoke",
+    command = [sys.executable, "-m", "sqlcopilot_cli", "rebuild", "--profile", "smoke",
                "--set", "finetune.max_steps=60", "--set", "finetune.checkpoint_every=2"]
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
