@@ -20,23 +20,20 @@ from tasks.registry import compare_with_references, resolve_registered_model, sc
 def nightly_eval(model_name: str = "sqlcopilot", version_or_alias: str | int = "champion", profile: str = "smoke",
                  tolerance: float = 0.02, overrides: list[str] | None = None,
                  spider_dir: str | None = None) -> dict[str, Any]:
-    """Score the registered version; raise when ex drops by more than `tolerance` vs registration or last night."""
-    evaluate = resolve_settings(profile, overrides or [], spider_dir)["evaluate"]
+    """Score the registered version on the whole eval split; raise when ex drops by more than `tolerance` vs
+    registration or last night and the 95% interval of the drop lies below zero (paired against last night)."""
+    # the whole split, whatever the profile's stages are scored on: a nightly drop must be told from noise
+    evaluate = {**resolve_settings(profile, overrides or [], spider_dir)["evaluate"], "limit": None}
     version, artifact = resolve_registered_model(model_name, version_or_alias)
-    run_id = tracking.start_run(registry.NIGHTLY_RUN, evaluate, tags={
-        "nightly": "true", "model_name": model_name, "model_version": version["version"],
-        "requested": str(version_or_alias), "profile": profile, "eval_key": registry.eval_key(evaluate),
-        "artifact_stage": artifact.stage, "artifact_key": artifact.key})
-    try:
-        metrics = score_registered_model(artifact, evaluate, run_id)
-        report = compare_with_references(version, metrics, evaluate, tolerance, run_id)
-    except BaseException:
-        tracking.end_run(run_id, "FAILED")
-        raise
-    if report["regressions"]:
-        message = f"{model_name} version {version['version']}: " + "; ".join(report["regressions"])
-        tracking.set_tags(run_id, {"regression": message})
-        tracking.end_run(run_id, "FAILED")  # a failed night never becomes the next night's reference
-        raise registry.RegressionError(message)
-    tracking.end_run(run_id)
+    with tracking.run(registry.NIGHTLY_RUN, evaluate, tags={
+            "nightly": "true", "model_name": model_name, "model_version": version["version"],
+            "requested": str(version_or_alias), "profile": profile, "eval_key": registry.eval_key(evaluate),
+            "artifact_stage": artifact.stage, "artifact_key": artifact.key}) as run_id:
+        metrics, outcomes = score_registered_model(artifact, evaluate, run_id)
+        report = compare_with_references(version, metrics, outcomes, evaluate, tolerance, run_id)
+        if report["regressions"]:
+            message = f"{model_name} version {version['version']}: " + "; ".join(report["regressions"])
+            tracking.set_tags(run_id, {"regression": message})
+            # the run closes FAILED: a failed night never becomes the next night's reference
+            raise registry.RegressionError(message)
     return {"mlflow_run_id": run_id, "model_version": version["version"], "ex": metrics["ex"], **report}

@@ -27,8 +27,7 @@ def full_rebuild(profile: str = "smoke", overrides: list[str] | None = None,
     """download_base -> finetune -> prune -> distill -> export -> build, every stage a cached artifact with its score in a nested MLflow run; the final model is
     registered in the MLflow model registry (alias candidate, champion when it scores at least the champion)."""
     settings = resolve_settings(profile, overrides or [], spider_dir)
-    run_id = tracking.start_run("full-rebuild", settings, tags={"flow": "full-rebuild", "profile": profile})
-    try:
+    with tracking.run("full-rebuild", settings, tags={"flow": "full-rebuild", "profile": profile}) as run_id:
         evaluate = settings["evaluate"]
         gold = gold_check(evaluate, run_id)
         base = download_base(settings["download_base"], evaluate, run_id)
@@ -41,10 +40,6 @@ def full_rebuild(profile: str = "smoke", overrides: list[str] | None = None,
         stages = {"download_base": base, "finetune": tuned, "prune": pruned, "distill": student,
                   "export": exported, "build": runner}
         registered = register_model(runner, {name: a.key for name, a in stages.items()}, run_id)
-    except BaseException:
-        tracking.end_run(run_id, "FAILED")
-        raise
-    tracking.end_run(run_id)
     return {"mlflow_run_id": run_id, "gold_ex": gold["ex"], "registered": registered,
             "artifacts": {name: str(a.path) for name, a in stages.items()},
             "keys": {name: a.key for name, a in stages.items()}}

@@ -33,9 +33,8 @@ def prune_sweep(profile: str = "smoke", ratios: list[float] | None = None, overr
     """
     settings = resolve_settings(profile, overrides or [], spider_dir)
     ratios = ratios or [0.75, 0.5, 0.25]
-    run_id = tracking.start_run("prune-sweep", {**settings, "ratios": ratios, "teacher": teacher or ""},
-                                tags={"flow": "prune-sweep"})
-    try:
+    with tracking.run("prune-sweep", {**settings, "ratios": ratios, "teacher": teacher or ""},
+                      tags={"flow": "prune-sweep"}) as run_id:
         evaluate, folder = settings["evaluate"], settings["spider_dir"]
         if teacher:
             tuned = existing_finetune(teacher, evaluate, run_id)
@@ -44,22 +43,17 @@ def prune_sweep(profile: str = "smoke", ratios: list[float] | None = None, overr
             tuned = finetune(settings["finetune"], base, folder, evaluate, run_id)
         results = [sweep_one(ratio, settings, tuned, run_id) for ratio in ratios]
         rows = publish(run_id, tuned.metrics, results)
-    except BaseException:
-        tracking.end_run(run_id, "FAILED")
-        raise
-    tracking.end_run(run_id)
     return {"mlflow_run_id": run_id, "teacher": str(tuned.path), "rows": rows}
 
 
 def sweep_one(ratio: float, settings: dict[str, Any], teacher, parent_run_id: str) -> dict[str, Any]:
     """prune -> distill at one ratio, nested under a child run named after the ratio."""
-    child = tracking.start_run(f"ratio={ratio}", {"ratio": ratio}, parent_run_id, {"sweep_ratio": str(ratio)})
-    evaluate, folder = settings["evaluate"], settings["spider_dir"]
-    pruned = prune({**settings.get("prune", {}), "ratio": ratio}, teacher, folder, evaluate, child)
-    student = distill(settings.get("distill", {}), pruned, teacher, folder, evaluate, child)
-    metrics = {"ratio": ratio, **{f"pruned_{k}": v for k, v in pruned.metrics.items()}, **student.metrics}
-    tracking.log_metrics(child, metrics)
-    tracking.end_run(child)
+    with tracking.run(f"ratio={ratio}", {"ratio": ratio}, parent_run_id, {"sweep_ratio": str(ratio)}) as child:
+        evaluate, folder = settings["evaluate"], settings["spider_dir"]
+        pruned = prune({**settings.get("prune", {}), "ratio": ratio}, teacher, folder, evaluate, child)
+        student = distill(settings.get("distill", {}), pruned, teacher, folder, evaluate, child)
+        metrics = {"ratio": ratio, **{f"pruned_{k}": v for k, v in pruned.metrics.items()}, **student.metrics}
+        tracking.log_metrics(child, metrics)
     return {"ratio": ratio, "pruned": pruned.metrics, "distilled": student.metrics,
             "artifacts": {"prune": str(pruned.path), "distill": str(student.path)}}
 

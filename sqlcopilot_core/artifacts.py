@@ -20,7 +20,6 @@ from typing import Any
 
 MANIFEST = "manifest.json"
 MANIFEST_FIELDS = ("stage", "key", "config", "upstream", "code_version", "files", "metrics", "mlflow_run_id")
-CORE_DIR = Path(__file__).parent
 
 
 class ArtifactError(RuntimeError):
@@ -55,31 +54,23 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def code_version(*modules: str) -> str:
-    """sha256 over the source of the named core modules (e.g. 'finetune', 'modeling'): a code change is a new key."""
-    digest = hashlib.sha256()
-    for name in sorted(set(modules)):
-        source = CORE_DIR / f"{name.replace('.', '/')}.py"
-        if not source.exists():
-            raise FileNotFoundError(f"code_version: no module sqlcopilot_core/{name}.py")
-        digest.update(name.encode() + b"\0" + source.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def cache_key(stage: str, config: dict[str, Any], upstream: dict[str, str], version: str) -> str:
-    """sha256 over (stage, resolved config, upstream artifact keys, code version), written out explicitly."""
-    payload = json.dumps({"stage": stage, "config": config, "upstream": dict(sorted(upstream.items())),
-                          "code_version": version}, sort_keys=True, default=str)
+def cache_key(stage: str, parts: dict[str, Any]) -> str:
+    """sha256 over the stage name and its key parts (config, upstream keys, data and code identity), written out
+    explicitly."""
+    payload = json.dumps({"stage": stage, **parts}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
 def file_checksums(folder: Path) -> dict[str, dict[str, Any]]:
     """Every file under `folder` but the manifest: relative path -> sha256 and size."""
-    out = {}
+    from sqlcopilot_core.identity import file_digests
+
+    digests, out = file_digests(), {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = path.relative_to(folder).as_posix()
         if rel != MANIFEST:
-            out[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+            out[rel] = {"sha256": digests.sha256(path), "bytes": path.stat().st_size}
+    digests.save()
     return out
 
 
@@ -100,13 +91,16 @@ def load_artifact(path: str | Path) -> Artifact:
     if absent:
         raise ArtifactError(f"{manifest_path}: missing field(s) {absent}; {hint}")
     hint = f"delete {path} and re-run stage '{manifest['stage']}'"
-    missing, corrupt = [], []
+    from sqlcopilot_core.identity import file_digests
+
+    digests, missing, corrupt = file_digests(), [], []
     for rel, expected in manifest["files"].items():
         file = path / rel
         if not file.is_file():
             missing.append(rel)
-        elif file.stat().st_size != expected["bytes"] or sha256_file(file) != expected["sha256"]:
+        elif file.stat().st_size != expected["bytes"] or digests.sha256(file) != expected["sha256"]:
             corrupt.append(rel)
+    digests.save()
     if missing or corrupt:
         parts = ([f"missing {missing}"] if missing else []) + ([f"corrupt (checksum differs) {corrupt}"] if corrupt else [])
         raise ArtifactError(f"{path}: {'; '.join(parts)}; {hint}")

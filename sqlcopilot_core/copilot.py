@@ -91,13 +91,6 @@ def predict_and_time(runtime: Runtime, examples, config, prompt: PromptSettings 
     return generate_sql(runtime, tokenizer, prompts, config.max_new_tokens)
 
 
-def decode_tokens_per_s(timings: list[dict[str, Any]]) -> float:
-    """Decode speed over all generations: new tokens after the first, per second of decoding."""
-    tokens = sum(max(t["new_tokens"] - 1, 0) for t in timings)
-    seconds = sum(t["decode_ms"] for t in timings) / 1000
-    return tokens / seconds if seconds > 0 else 0.0
-
-
 def ask(runtime: Runtime, db_path: str | Path, question: str, *, execute: bool = False,
         max_new_tokens: int = 128, prompt: PromptSettings | None = None, timeout_s: float = 5.0,
         max_rows: int = 50) -> dict[str, Any]:

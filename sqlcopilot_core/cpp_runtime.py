@@ -66,18 +66,20 @@ class CppRunner:
             self.process.wait()
         self.process = None
 
-    def generate(self, ids_list: list[list[int]], max_new_tokens: int,
-                 return_logits: bool = False) -> list[tuple[list[int], dict]]:
+    def generate(self, ids_list: list[list[int]], max_new_tokens: int, return_logits: bool = False,
+                 stop_at_eos: bool = True) -> list[tuple[list[int], dict]]:
         """Greedy new tokens per prompt, with timings {prefill_ms, decode_ms, new_tokens, decode} (and
-        first_logits, step_logits: the logits the first and second tokens were chosen from)."""
-        return [self._request(list(map(int, ids)), max_new_tokens, return_logits) for ids in ids_list]
+        first_logits, step_logits: the logits the first and second tokens were chosen from). stop_at_eos=False
+        decodes exactly max_new_tokens tokens (how decode speed is measured)."""
+        return [self._request(list(map(int, ids)), max_new_tokens, return_logits, stop_at_eos) for ids in ids_list]
 
-    def _request(self, ids: list[int], max_new_tokens: int, return_logits: bool) -> tuple[list[int], dict]:
+    def _request(self, ids: list[int], max_new_tokens: int, return_logits: bool,
+                 stop_at_eos: bool = True) -> tuple[list[int], dict]:
         if self.process is None:
             raise RunnerError("CppRunner is not started (use it as a context manager)")
         self._next_id += 1
         request = {"id": self._next_id, "input_ids": ids, "max_new_tokens": max_new_tokens,
-                   "return_logits": return_logits}
+                   "return_logits": return_logits, "stop_at_eos": stop_at_eos}
         try:
             self.process.stdin.write(json.dumps(request) + "\n")
             self.process.stdin.flush()

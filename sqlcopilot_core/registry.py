@@ -191,6 +191,31 @@ def version_artifact(version) -> Artifact:
         raise RegistryError(f"model {version.name} version {version.version}: {exc}") from exc
 
 
+OUTCOMES_FILE = "outcomes.json"
+
+
+def write_outcomes(score_dir: Path) -> dict[str, bool]:
+    """{example index: matched} of a scoring folder's predictions_scored.jsonl, also written as outcomes.json."""
+    outcomes = {}
+    scored = Path(score_dir) / "predictions_scored.jsonl"
+    if scored.is_file():
+        for line in scored.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            outcomes[str(record["index"])] = bool(record["match"])
+    (Path(score_dir) / OUTCOMES_FILE).write_text(json.dumps(outcomes))
+    return outcomes
+
+
+def read_outcomes(run_id: str, folder: str) -> dict[str, bool]:
+    """The per-example outcomes an earlier nightly run logged ({} when it logged none)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = tracking.client().download_artifacts(run_id, f"{folder}/{OUTCOMES_FILE}", tmp)
+        except Exception:  # an older run without the file: no paired comparison
+            return {}
+        return json.loads(Path(path).read_text())
+
+
 def eval_key(eval_settings: dict[str, Any]) -> str:
     """Nightly results are compared only when scored with the same evaluation settings."""
     return hashlib.sha256(json.dumps(eval_settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -207,23 +232,43 @@ def previous_nightly(name: str, key: str):
 
 @dataclass(frozen=True)
 class Comparison:
-    """Tonight's ex against one reference score."""
+    """Tonight's ex against one reference score, with the 95% interval of the change when it is known: paired
+    (the same examples scored both times: only the examples whose outcome changed count), or tonight's own
+    interval against a reference taken as fixed."""
 
     reference: str
     reference_ex: float
     nightly_ex: float
+    change_interval: tuple[float, float] | None = None
 
     @property
     def change(self) -> float:
         return self.nightly_ex - self.reference_ex
 
     def regressed(self, tolerance: float) -> bool:
+        """A drop beyond the tolerance that the interval says is real (its upper end below zero)."""
         # the small slack keeps a drop of exactly `tolerance` (e.g. 0.5 -> 0.48) from failing on float rounding
-        return self.change < -tolerance - 1e-9
+        beyond = self.change < -tolerance - 1e-9
+        return beyond and (self.change_interval is None or self.change_interval[1] < 0)
 
     def message(self) -> str:
+        interval = ("" if self.change_interval is None else
+                    f", 95% interval {self.change_interval[0]:+.4f} to {self.change_interval[1]:+.4f}")
         return (f"ex dropped from {self.reference_ex:.4f} at {self.reference} to {self.nightly_ex:.4f} tonight "
-                f"(change {self.change:+.4f})")
+                f"(change {self.change:+.4f}{interval})")
+
+
+def paired_comparison(reference: str, before: dict[str, bool], after: dict[str, bool]) -> Comparison | None:
+    """Tonight against an earlier scoring of the same examples (outcomes keyed by example index), or None when
+    they share no example."""
+    from sqlcopilot_core.evaluation import paired_difference
+
+    shared = sorted(set(before) & set(after))
+    if not shared:
+        return None
+    diff = paired_difference([before[k] for k in shared], [after[k] for k in shared])
+    return Comparison(reference, sum(before[k] for k in shared) / len(shared),
+                      sum(after[k] for k in shared) / len(shared), diff["ci"])
 
 
 def regression_messages(comparisons: list[Comparison], tolerance: float) -> list[str]:
@@ -233,13 +278,16 @@ def regression_messages(comparisons: list[Comparison], tolerance: float) -> list
 def comparison_markdown(title: str, comparisons: list[Comparison], tolerance: float,
                         nightly: dict[str, Any], registered: dict[str, str]) -> str:
     """A Markdown report: ex against each reference (judged), then the other metrics against registration."""
-    lines = [f"# {title}", "", f"Tolerance on ex: {tolerance}", "",
-             "| reference | reference ex | nightly ex | change | status |", "|---|---|---|---|---|"]
+    lines = [f"# {title}", "", f"Tolerance on ex: {tolerance}; a drop is a regression only when the 95% interval "
+             f"of the change lies below zero.", "",
+             "| reference | reference ex | nightly ex | change | 95% interval | status |", "|---|---|---|---|---|---|"]
     for c in comparisons:
         status = "REGRESSION" if c.regressed(tolerance) else "ok"
-        lines.append(f"| {c.reference} | {c.reference_ex:.4f} | {c.nightly_ex:.4f} | {c.change:+.4f} | {status} |")
+        interval = "-" if c.change_interval is None else f"{c.change_interval[0]:+.4f} to {c.change_interval[1]:+.4f}"
+        lines.append(f"| {c.reference} | {c.reference_ex:.4f} | {c.nightly_ex:.4f} | {c.change:+.4f} | {interval} "
+                     f"| {status} |")
     if not comparisons:
-        lines.append("| (no reference) | | | | |")
+        lines.append("| (no reference) | | | | | |")
     lines += ["", "| metric | registered | nightly |", "|---|---|---|"]
     for name in SCORE_TAGS:
         lines.append(f"| {name} | {shown(registered.get(name))} | {shown(nightly.get(name))} |")

@@ -1,5 +1,6 @@
-"""How every model-producing stage is scored: execution accuracy on a Spider-format dev split, parameters, size on
-disk, CPU tokens/s of greedy decoding. One function, so every stage's numbers mean the same thing.
+"""The pieces every model-producing stage is scored with: the eval split and its settings, predictions executed and
+summarized, weight-file size. The scorer that puts them together (Python or C++ runtime) is
+sqlcopilot_core/stages/evaluate.py, one function, so every stage's numbers mean the same thing.
 
     python -c "from sqlcopilot_core.scoring import EvalConfig, eval_examples; print(len(eval_examples(EvalConfig())))"
 """
@@ -89,23 +90,6 @@ def predict_config(config: EvalConfig, prompt):
     from sqlcopilot_core.generate import PredictConfig
 
     return PredictConfig(prompt, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
-
-
-def score_model(model, tokenizer, weights_dir: Path, config: EvalConfig, out_dir: Path,
-                examples: list[Example] | None = None) -> dict[str, Any]:
-    """The standard metrics of a model (Python runtime): ex, params, size_mb, tokens_per_s; files under out_dir."""
-    from sqlcopilot_core.generate import decode_tokens_per_s, predict_examples
-    from sqlcopilot_core.modeling import count_parameters
-    from sqlcopilot_core.prompting import Prompter, model_prompt_settings
-
-    examples = examples if examples is not None else eval_examples(config)
-    prompt = model_prompt_settings(weights_dir)
-    predictions = predict_examples(model, tokenizer, examples, predict_config(config, prompt))
-    summary = score_predictions_to(out_dir, examples, predictions, config)
-    speed_prompt = Prompter(prompt, tokenizer).ids(examples[0].db_path, examples[0].question)
-    return {**summary_metrics(summary), "params": count_parameters(model),
-            "size_mb": round(folder_size_mb(weights_dir), 3),
-            "tokens_per_s": round(decode_tokens_per_s(model, tokenizer, speed_prompt, config.speed_tokens), 2)}
 
 
 def summary_metrics(summary: dict[str, Any]) -> dict[str, Any]:

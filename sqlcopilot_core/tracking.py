@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+import traceback
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from sqlcopilot_core import paths
 
@@ -93,6 +95,21 @@ def log_artifact(run_id: str, local_path: str, artifact_path: str | None = None)
 
 def end_run(run_id: str, status: str = "FINISHED") -> None:
     client().set_terminated(run_id, status=status)
+
+
+@contextmanager
+def run(name: str, params: dict[str, Any] | None = None, parent_run_id: str | None = None,
+        tags: dict[str, str] | None = None) -> Iterator[str]:
+    """A run that always closes: FINISHED when the block ends, FAILED (KILLED on Ctrl-C) with the error as the tag
+    `error` when it raises; the exception goes on."""
+    run_id = start_run(name, params, parent_run_id, tags)
+    try:
+        yield run_id
+    except BaseException as exc:
+        set_tags(run_id, {"error": "".join(traceback.format_exception_only(exc)).strip()[:5000]})
+        end_run(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    end_run(run_id)
 
 
 def run_metrics(run_id: str) -> dict[str, float]:

@@ -16,10 +16,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from sqlcopilot_core import registry, tracking
-from sqlcopilot_core.artifacts import Artifact, load_artifact
-from sqlcopilot_core.copilot import EXPORT_SUBDIR
-from tasks.evaluate import cpp_scorer, python_scorer
-from tasks.stage import Scorer, logger
+from sqlcopilot_core.artifacts import Artifact
+from sqlcopilot_core.stages import evaluate
+from tasks import logger
 
 
 @task(name="register_model", cache_policy=NO_CACHE)
@@ -43,40 +42,37 @@ def resolve_registered_model(model_name: str, version_or_alias: str | int) -> tu
     return {"name": model_name, "version": version.version, "tags": dict(version.tags)}, artifact
 
 
-def scorer_for(artifact: Artifact, eval_settings: dict[str, Any]) -> Scorer:
-    """A build artifact is scored through the C++ runner on its upstream export (as the build stage scores it);
-    a model folder through transformers."""
-    if artifact.stage != "build":
-        return python_scorer(eval_settings)
-    exported = load_artifact(artifact.path.parents[1] / "export" / artifact.manifest["upstream"]["export"])
-    return cpp_scorer(eval_settings, exported.path / EXPORT_SUBDIR, exported.metrics.get("params", 0))
-
-
 @task(name="score_registered_model", cache_policy=NO_CACHE)
-def score_registered_model(artifact: Artifact, eval_settings: dict[str, Any], run_id: str) -> dict[str, Any]:
-    """Score the model afresh (never from the score cache: finding drift is the point); predictions go to MLflow."""
+def score_registered_model(artifact: Artifact, eval_settings: dict[str, Any], run_id: str
+                           ) -> tuple[dict[str, Any], dict[str, bool]]:
+    """Score the model afresh (never from the score cache: finding drift is the point); predictions and the
+    per-example outcomes (what the next night's paired comparison reads) go to MLflow."""
     with tempfile.TemporaryDirectory(prefix="nightly-") as out:
-        metrics = scorer_for(artifact, eval_settings)(artifact.path, Path(out))
-        for name in ("summary.json", "predictions.jsonl"):
+        metrics = evaluate.score_artifact(artifact, Path(out), evaluate.eval_config(eval_settings))
+        outcomes = registry.write_outcomes(Path(out))
+        for name in ("summary.json", "predictions.jsonl", registry.OUTCOMES_FILE):
             if (Path(out) / name).exists():
-                tracking.log_artifact(run_id, str(Path(out) / name), "eval")
+                tracking.log_artifact(run_id, str(Path(out) / name), evaluate.NAME)
     tracking.log_metrics(run_id, metrics)
     logger().info(f"nightly score of {artifact.stage} {artifact.key}: {metrics}")
-    return metrics
+    return metrics, outcomes
 
 
 @task(name="compare_with_references", cache_policy=NO_CACHE)
-def compare_with_references(version: dict[str, Any], metrics: dict[str, Any], eval_settings: dict[str, Any],
-                            tolerance: float, run_id: str) -> dict[str, Any]:
-    """ex against the registration score and the previous passing nightly; a Markdown report in Prefect."""
+def compare_with_references(version: dict[str, Any], metrics: dict[str, Any], outcomes: dict[str, bool],
+                            eval_settings: dict[str, Any], tolerance: float, run_id: str) -> dict[str, Any]:
+    """ex against the registration score (tonight's interval, the registered figure taken as fixed) and against the
+    previous passing nightly (paired on the same examples); a Markdown report in Prefect."""
     name, number = version["name"], version["version"]
-    comparisons = [registry.Comparison(f"registration of version {number}", float(version["tags"]["ex"]),
-                                       float(metrics["ex"]))]
+    registered = float(version["tags"]["ex"])
+    comparisons = [registry.Comparison(f"registration of version {number}", registered, float(metrics["ex"]),
+                                       (metrics["ex_ci_low"] - registered, metrics["ex_ci_high"] - registered))]
     previous = registry.previous_nightly(name, registry.eval_key(eval_settings))
     if previous is not None and "ex" in previous.data.metrics:
-        comparisons.append(registry.Comparison(
-            f"the previous nightly (run {previous.info.run_id[:8]}, version {previous.data.tags.get('model_version')})",
-            previous.data.metrics["ex"], float(metrics["ex"])))
+        label = f"the previous nightly (run {previous.info.run_id[:8]}, version {previous.data.tags.get('model_version')})"
+        before = registry.read_outcomes(previous.info.run_id, evaluate.NAME)
+        paired = registry.paired_comparison(label, before, outcomes) if before else None
+        comparisons.append(paired or registry.Comparison(label, previous.data.metrics["ex"], float(metrics["ex"])))
     regressions = registry.regression_messages(comparisons, tolerance)
     markdown = registry.comparison_markdown(f"nightly-eval: {name} version {number}", comparisons, tolerance,
                                             metrics, version["tags"])

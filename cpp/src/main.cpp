@@ -62,7 +62,9 @@ sqlcopilot::Json reply_for(sqlcopilot::Runner& runner, const std::string& line, 
     const int64_t max_new = request.has("max_new_tokens") ? request.at("max_new_tokens").as_int()
                                                           : default_max_new_tokens;
     const bool want_logits = request.has("return_logits") && request.at("return_logits").as_bool();
-    auto generation = runner.generate(input_ids, max_new, want_logits);
+    // stop_at_eos=false decodes exactly max_new_tokens tokens: how decode speed is measured
+    const bool stop_at_eos = !request.has("stop_at_eos") || request.at("stop_at_eos").as_bool();
+    auto generation = runner.generate(input_ids, max_new, want_logits, stop_at_eos);
     std::vector<Json> output;
     for (int64_t token : generation.output_ids) output.push_back(Json::of_number(static_cast<double>(token)));
     std::map<std::string, Json> reply{{"id", id},

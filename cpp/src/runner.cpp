@@ -100,7 +100,8 @@ Runner::Runner(const std::filesystem::path& export_dir, DecodeMode mode) : manif
 
 Runner::~Runner() = default;
 
-Generation Runner::generate(const std::vector<int64_t>& input_ids, int64_t max_new_tokens, bool want_logits) {
+Generation Runner::generate(const std::vector<int64_t>& input_ids, int64_t max_new_tokens, bool want_logits,
+                            bool stop_at_eos) {
   const auto prompt_length = static_cast<int64_t>(input_ids.size());
   if (prompt_length == 0) throw std::invalid_argument("input_ids is empty");
   if (prompt_length >= manifest_.max_seq_len)
@@ -125,7 +126,7 @@ Generation Runner::generate(const std::vector<int64_t>& input_ids, int64_t max_n
   auto decode_step = module_.get_method("decode_step");
   for (int64_t pos = prompt_length; static_cast<int64_t>(result.output_ids.size()) < max_new_tokens; ++pos) {
     const int64_t last = result.output_ids.back();
-    if (last == manifest_.eos_token_id || pos >= manifest_.max_seq_len) break;
+    if ((stop_at_eos && last == manifest_.eos_token_id) || pos >= manifest_.max_seq_len) break;
     const bool first_step = want_logits && result.step_logits.empty();
     if (kernel_) {
       result.output_ids.push_back(kernel_->step(last, pos, cache_tensors_));

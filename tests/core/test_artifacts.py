@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from sqlcopilot_core.artifacts import ArtifactError, ArtifactStore, cache_key, code_version, load_artifact
+from sqlcopilot_core.artifacts import ArtifactError, ArtifactStore, cache_key, load_artifact
 
 
 def make(store: ArtifactStore, key="k1", payload=b"weights"):
@@ -69,16 +69,21 @@ def test_manifest_that_is_not_json_or_incomplete(tmp_path):
 
 
 def test_cache_key_depends_on_every_input():
-    base = cache_key("prune", {"ratio": 0.5}, {"finetune": "a"}, "v1")
-    assert base == cache_key("prune", {"ratio": 0.5}, {"finetune": "a"}, "v1")
-    assert len({base, cache_key("prune", {"ratio": 0.25}, {"finetune": "a"}, "v1"),
-                cache_key("prune", {"ratio": 0.5}, {"finetune": "b"}, "v1"),
-                cache_key("prune", {"ratio": 0.5}, {"finetune": "a"}, "v2"),
-                cache_key("distill", {"ratio": 0.5}, {"finetune": "a"}, "v1")}) == 5
+    parts = {"config": {"ratio": 0.5}, "upstream": {"finetune": "a"}, "data": {"train": "d1"}, "code": "v1"}
+    base = cache_key("prune", parts)
+    assert base == cache_key("prune", dict(parts))
+    variants = [{**parts, "config": {"ratio": 0.25}}, {**parts, "upstream": {"finetune": "b"}},
+                {**parts, "data": {"train": "d2"}}, {**parts, "code": "v2"}]
+    assert len({base, cache_key("distill", parts), *(cache_key("prune", v) for v in variants)}) == 6
 
 
-def test_code_version_tracks_module_source():
-    assert code_version("modeling") == code_version("modeling")
-    assert code_version("modeling") != code_version("modeling", "prompting")
-    with pytest.raises(FileNotFoundError):
-        code_version("no_such_module")
+def test_a_file_rewritten_within_the_same_clock_tick_is_still_caught(tmp_path, work_home):
+    """Checksums are remembered by file identity (size, mtime, ctime, inode); a file written seconds ago is never
+    taken from memory, so a same-size rewrite right after the commit is caught."""
+    store = ArtifactStore(tmp_path)
+    artifact = make(store)
+    load_artifact(artifact.path)
+    with open(artifact.path / "model.safetensors", "r+b") as handle:
+        handle.write(b"X")
+    with pytest.raises(ArtifactError, match="corrupt"):
+        load_artifact(artifact.path)

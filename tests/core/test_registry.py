@@ -131,10 +131,29 @@ def test_regression_only_beyond_tolerance_and_message_names_metric_and_values():
     assert registry.Comparison("x", 0.5, 0.9).regressed(0.0) is False
 
 
+def test_a_drop_is_a_regression_only_when_its_interval_says_it_is_real():
+    before = {str(i): i < 50 for i in range(100)}  # 50 of 100 right
+    noise = {**before, "0": False, "1": False, "2": False, "60": True}  # 3 lost, 1 gained: -0.02
+    real = {k: v and int(k) >= 20 for k, v in before.items()}  # 20 lost, none gained: -0.20
+    small = registry.paired_comparison("last night", before, noise)
+    large = registry.paired_comparison("last night", before, real)
+    assert small.change == pytest.approx(-0.02) and small.change_interval[1] > 0 and not small.regressed(0.01)
+    assert large.change == pytest.approx(-0.20) and large.change_interval[1] < 0 and large.regressed(0.01)
+    assert "95% interval" in large.message()
+    assert registry.paired_comparison("x", {"1": True}, {"2": True}) is None  # no shared example
+
+
+def test_outcomes_are_read_from_a_scoring_folder(tmp_path):
+    lines = [{"index": 3, "match": True}, {"index": 7, "match": False}]
+    (tmp_path / "predictions_scored.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert registry.write_outcomes(tmp_path) == {"3": True, "7": False}
+    assert json.loads((tmp_path / registry.OUTCOMES_FILE).read_text()) == {"3": True, "7": False}
+
+
 def test_markdown_report_has_one_row_per_reference_and_metric():
     text = registry.comparison_markdown("nightly", [registry.Comparison("registration of version 2", 0.9, 0.5)],
                                         0.02, {"ex": 0.5, "params": 1000}, {"ex": "0.9", "params": "1000"})
-    assert "| registration of version 2 | 0.9000 | 0.5000 | -0.4000 | REGRESSION |" in text
+    assert "| registration of version 2 | 0.9000 | 0.5000 | -0.4000 | - | REGRESSION |" in text
     assert "| params | 1000 | 1000 |" in text and "| size_mb | - | - |" in text
 
 

@@ -22,3 +22,19 @@ def test_tracking_uri_env_points_elsewhere(tmp_path, monkeypatch):
     run_id = tracking.start_run("x")
     tracking.end_run(run_id)
     assert (tmp_path / "other.db").exists()
+
+
+def test_a_run_always_closes(work_home):
+    import pytest
+
+    with tracking.run("fine") as fine:
+        pass
+    with pytest.raises(ValueError, match="broken"):
+        with tracking.run("broken") as broken:
+            raise ValueError("broken stage")
+    with pytest.raises(KeyboardInterrupt):
+        with tracking.run("stopped") as stopped:
+            raise KeyboardInterrupt
+    runs = {run_id: tracking.client().get_run(run_id) for run_id in (fine, broken, stopped)}
+    assert [runs[r].info.status for r in (fine, broken, stopped)] == ["FINISHED", "FAILED", "KILLED"]
+    assert runs[broken].data.tags["error"] == "ValueError: broken stage"

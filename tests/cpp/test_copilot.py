@@ -9,7 +9,7 @@ import pytest
 
 from sqlcopilot_core import paths
 from sqlcopilot_core.build import build_runner, source_hash
-from sqlcopilot_core.cli import main
+from sqlcopilot_cli import main
 from sqlcopilot_core.export import ExportConfig, export_model
 from sqlcopilot_core.modeling import save_model, tiny_model_and_tokenizer
 

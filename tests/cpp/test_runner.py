@@ -171,3 +171,16 @@ def test_build_says_what_to_install_when_tools_are_missing(tmp_path, monkeypatch
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(BuildError, match="cmake .*not on PATH.*re-run the build stage"):
         build_runner(CPP_DIR, tmp_path / "build")
+
+
+def test_decode_speed_requests_decode_past_end_of_text(built, tiny_exports, tmp_path):
+    """stop_at_eos=false decodes exactly max_new_tokens (how the evaluate stage times decoding in both runtimes)."""
+    copy = Path(shutil.copytree(tiny_exports["float32"], tmp_path / "eos_first"))
+    with CppRunner(built["runner"], copy, threads=1) as runner:
+        (first, _), = runner.generate([[65, 66, 67]], 1)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "eos_token_id": first[0]}))  # ends at once
+    with CppRunner(built["runner"], copy, threads=1) as runner:
+        (stopped, _), = runner.generate([[65, 66, 67]], 8)
+        (forced, timing), = runner.generate([[65, 66, 67]], 8, stop_at_eos=False)
+    assert stopped == first and len(forced) == timing["new_tokens"] == 8

@@ -49,11 +49,32 @@ def test_second_run_is_all_cache_hits_and_one_setting_reruns_one_stage(work_home
         "download_base": "true", **{s: "false" for s in stages[1:]}}
 
 
+def test_an_edited_gold_query_reruns_finetune_and_everything_after_it(work_home, prefect_harness, tmp_path):
+    import json
+
+    from flows.rebuild import full_rebuild
+    from sqlcopilot_core.sample import build_sample_spider
+
+    spider = build_sample_spider(tmp_path / "spider")
+    first = full_rebuild(profile="smoke", spider_dir=str(spider))
+    train = json.loads((spider / "train_spider.json").read_text())
+    train[0]["query"] = train[0]["query"].rstrip(";") + " LIMIT 100"
+    (spider / "train_spider.json").write_text(json.dumps(train, indent=1))
+
+    second = full_rebuild(profile="smoke", spider_dir=str(spider))
+    runs = stage_runs(second["mlflow_run_id"])
+    stages = ("download_base", "finetune", "prune", "distill", "export", "build")
+    assert {s: runs[s].data.tags["cache_hit"] for s in stages} == {
+        "download_base": "true", **{s: "false" for s in stages[1:]}}
+    assert runs["finetune"].data.tags["cache_changed"] == "data.train"
+    assert {s for s in stages if second["keys"][s] != first["keys"][s]} == set(stages[1:])
+
+
 def test_killed_finetune_resumes_from_last_checkpoint(work_home):
     env = {**os.environ, "SQLCOPILOT_HOME": str(work_home), "PREFECT_HOME": str(work_home / "prefect")}
     env.pop("PREFECT_API_URL", None)
     (work_home / "prefect").mkdir(parents=True)
-    command = [sys.executable, "-m", "sqlcopilot_core.cli", "rebuild", "--profile", "smoke",
+    command = [sys.executable, "-m", "sqlcopilot_cli", "rebuild", "--profile", "smoke",
                "--set", "finetune.max_steps=60", "--set", "finetune.checkpoint_every=2"]
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)

@@ -49,3 +49,20 @@ def test_sweep_refuses_a_teacher_that_is_not_a_finetune_artifact(work_home, pref
         prune_sweep(profile="smoke", ratios=[0.5], teacher=str(base.path))
     with pytest.raises(ArtifactError, match="does not exist"):
         prune_sweep(profile="smoke", ratios=[0.5], teacher=str(work_home / "nowhere"))
+
+
+def test_a_sweep_whose_second_ratio_fails_leaves_every_run_closed(work_home, prefect_harness):
+    import pytest
+
+    from flows.sweep import prune_sweep
+    from sqlcopilot_core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="PruneConfig.ratio"):
+        prune_sweep(profile="smoke", ratios=[0.75, 1.5])
+    runs = tracking.client().search_runs([tracking.experiment_id()])
+    assert runs and all(r.info.status != "RUNNING" for r in runs), [
+        (r.data.tags["mlflow.runName"], r.info.status) for r in runs]
+    by_name = {r.data.tags["mlflow.runName"]: r for r in runs}
+    assert by_name["prune-sweep"].info.status == "FAILED" and by_name["ratio=0.75"].info.status == "FINISHED"
+    failed = by_name["ratio=1.5"]
+    assert failed.info.status == "FAILED" and "PruneConfig.ratio" in failed.data.tags["error"]

@@ -60,7 +60,8 @@ class Runner {
 
   // Greedy new tokens after `input_ids`: stops after EOS, after `max_new_tokens`, or when the cache is full.
   // Throws std::invalid_argument for an empty prompt, an id outside the vocabulary or a prompt too long.
-  Generation generate(const std::vector<int64_t>& input_ids, int64_t max_new_tokens, bool want_logits = false);
+  Generation generate(const std::vector<int64_t>& input_ids, int64_t max_new_tokens, bool want_logits = false,
+                      bool stop_at_eos = true);
 
   const Manifest& manifest() const { return manifest_; }
   bool packed() const { return packed_; }

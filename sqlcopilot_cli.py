@@ -1,6 +1,7 @@
-"""The `sqlcopilot` command: rebuild, sweep, eval, predict, ask, sample.
+"""The `sqlcopilot` command: rebuild, sweep, evaluate, predict, ask, sample. It sits above flows/ (it runs them),
+outside the library, which never imports Prefect.
 
-    sqlcopilot --help
+    sqlcopilot --help            # or: python -m sqlcopilot_cli --help
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def cmd_sweep(args) -> int:
     return 0
 
 
-def cmd_eval(args) -> int:
+def cmd_evaluate(args) -> int:
     from sqlcopilot_core.evaluation import format_summary_table, read_predictions, score_predictions, write_summary
     from sqlcopilot_core.scoring import resolve_spider_dir
     from sqlcopilot_core.spider import load_split
@@ -162,14 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "finetune)")
     sweep.set_defaults(func=cmd_sweep)
 
-    evaluate = sub.add_parser("eval", help="score a predictions file by execution accuracy")
+    evaluate = sub.add_parser("evaluate", help="score a predictions file by execution accuracy")
     evaluate.add_argument("--spider-dir", help="Spider-format folder (default $SPIDER_DIR, else the sample data)")
     evaluate.add_argument("--split", default="dev", choices=["dev", "train"])
     evaluate.add_argument("--predictions", required=True, help="JSON lines {db_id, question, pred} or one SQL per line")
     evaluate.add_argument("--out", required=True, help="folder for summary.json and predictions_scored.jsonl")
     evaluate.add_argument("--timeout", type=float, default=5.0, help="seconds per query (enforced inside SQLite)")
     evaluate.add_argument("--max-rows", type=int, default=10000, help="row cap per predicted query")
-    evaluate.set_defaults(func=cmd_eval)
+    evaluate.set_defaults(func=cmd_evaluate)
 
     predict = sub.add_parser("predict", help="write predictions of a model for a Spider split")
     predict.add_argument("--model", required=True, help="model artifact folder (or exported folder for --runtime cpp)")

@@ -1,8 +1,8 @@
-"""The sqlcopilot command on the embedded sample data (eval, predict) and its errors."""
+"""The sqlcopilot command on the embedded sample data (evaluate, predict) and its errors."""
 
 import json
 
-from sqlcopilot_core.cli import main
+from sqlcopilot_cli import main
 from sqlcopilot_core.sample import ensure_sample_spider
 from sqlcopilot_core.spider import load_split
 
@@ -13,13 +13,13 @@ def test_eval_gold_against_itself_and_a_bad_file(work_home, tmp_path, capsys):
     predictions = tmp_path / "preds.jsonl"
     predictions.write_text("".join(json.dumps({"db_id": e.db_id, "question": e.question, "pred": e.query}) + "\n"
                                    for e in dev))
-    assert main(["eval", "--spider-dir", str(spider), "--predictions", str(predictions), "--out",
+    assert main(["evaluate", "--spider-dir", str(spider), "--predictions", str(predictions), "--out",
                  str(tmp_path / "out")]) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["ex"] == 1.0 and summary["n"] == len(dev) and {"by_db", "by_hardness", "errors"} <= set(summary)
     assert "execution accuracy" in capsys.readouterr().out.lower()
     predictions.write_text("SELECT 1\n")
-    assert main(["eval", "--spider-dir", str(spider), "--predictions", str(predictions), "--out",
+    assert main(["evaluate", "--spider-dir", str(spider), "--predictions", str(predictions), "--out",
                  str(tmp_path / "out2")]) == 2
     assert str(predictions) in capsys.readouterr().err
 
