@@ -24,6 +24,7 @@ latest checkpoint and stops at the same total step count.
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -36,7 +37,7 @@ from sqlcopilot_core.modeling import count_parameters, save_model
 from sqlcopilot_core.packing import PackedBatch, per_branch_loss
 from sqlcopilot_core.prompting import extract_sql, write_prompt_settings
 from sqlcopilot_core.spider import Example
-from sqlcopilot_core.training import Run, TrainingConfig, setup_run, train
+from sqlcopilot_core.training import Run, TrainingConfig, setup_run, train, weights_digest
 
 OBJECTIVES = ("sft", "exec_guided")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -196,14 +197,17 @@ def finetune(model, tokenizer, train_examples: list[Example], config: FinetuneCo
     Returns steps, planned_steps, examples_seen, epochs, train_tokens, tokens_per_s and examples_per_s (this
     segment), wall_s (all segments), final_loss, skipped_correct, stop_reason ('max_steps' | 'max_minutes'),
     resumed_from_step, train_examples, skipped_too_long, packs_per_epoch, tokens_per_epoch_packed/_unpacked,
-    trainable_parameters and parameters.
+    trainable_parameters, parameters, process_index, processes and weights_sha256 (equal on every process of a
+    data-parallel run).
     """
     out_dir = Path(out_dir)
     run = setup(model, tokenizer, train_examples, config, Path(resume_dir) if resume_dir else out_dir / "checkpoint")
     stats = train(run, loss_step, on_metrics, desc=f"finetune {config.objective}")
     stats["skipped_correct"] = int(run.state.counters.get("skipped_correct", 0))
     stats["trainable_parameters"] = sum(p.numel() for p in run.unwrapped.parameters() if p.requires_grad)
-    stats["parameters"] = count_parameters(save(run, out_dir))
+    saved = save(run, out_dir)
+    stats.update(parameters=count_parameters(saved), process_index=run.accelerator.process_index,
+                 processes=run.accelerator.num_processes, weights_sha256=weights_digest(saved))
     return stats
 
 
@@ -223,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     model, tokenizer = load_model(args.model_dir)
     stats = finetune(model, tokenizer, load_split(args.spider_dir, "train"), config, args.out_dir, args.resume_dir,
                      on_metrics=lambda step, metrics: print(f"step {step}: {metrics}"))
-    print(stats)
+    print(json.dumps({k: v for k, v in stats.items() if isinstance(v, (int, float, str)) or v is None}))
 
 
 if __name__ == "__main__":
