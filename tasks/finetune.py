@@ -21,7 +21,8 @@ from sqlcopilot_core.spider import load_split
 from tasks.evaluate import python_scorer
 from tasks.stage import run_stage, with_score
 
-MODULES = ("finetune", "training", "modeling", "prompting", "spider", "sqlexec", "evaluation", "generate")
+MODULES = ("finetune", "training", "modeling", "prompting", "spider", "sqlexec", "sqlpool", "evaluation",
+           "generate")
 
 
 @task(name="finetune", cache_policy=NO_CACHE)

@@ -17,7 +17,7 @@ from sqlcopilot_core.artifacts import Artifact, ArtifactStore, cache_key, code_v
 Producer = Callable[[Path, Path, str], dict[str, Any]]
 # score(model_dir, out_dir) -> metrics (ex, params, size_mb, tokens_per_s, ...); writes predictions into out_dir.
 Scorer = Callable[[Path, Path], dict[str, Any]]
-SCORE_MODULES = ("scoring", "evaluation", "sqlexec", "generate", "prompting", "spider", "hardness")
+SCORE_MODULES = ("scoring", "evaluation", "sqlexec", "sqlpool", "generate", "prompting", "spider", "hardness")
 
 
 def logger():
