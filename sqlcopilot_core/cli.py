@@ -30,10 +30,14 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from sqlcopilot_core.evaluation import format_summary_table, read_predictions, score_predictions, write_summary
+    from sqlcopilot_core.evaluation import (format_summary_table, prepare_output_dir, read_predictions,
+                                            score_predictions, write_summary)
     from sqlcopilot_core.scoring import resolve_spider_dir
     from sqlcopilot_core.spider import load_split
 
+    if args.timeout <= 0 or args.max_rows < 1:
+        raise ValueError("--timeout must be positive and --max-rows at least 1")
+    prepare_output_dir(args.out)
     examples = load_split(resolve_spider_dir(args.spider_dir), args.split)
     predictions = read_predictions(Path(args.predictions), examples)
     summary = score_predictions(examples, predictions, timeout_s=args.timeout, max_rows=args.max_rows)
@@ -124,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="dev", choices=["dev", "train"])
     evaluate.add_argument("--predictions", required=True, help="JSON lines {db_id, question, pred} or one SQL per line")
     evaluate.add_argument("--out", required=True, help="folder for summary.json and predictions_scored.jsonl")
-    evaluate.add_argument("--timeout", type=float, default=5.0, help="seconds per query (enforced inside SQLite)")
+    evaluate.add_argument("--timeout", type=float, default=5.0, help="seconds per query (its process is ended past it)")
     evaluate.add_argument("--max-rows", type=int, default=10000, help="row cap per predicted query")
     evaluate.set_defaults(func=cmd_eval)
 
@@ -160,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, OSError, RuntimeError) as exc:
         print(f"sqlcopilot {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -73,6 +73,7 @@ SQLITE_LIMITS = {
 LIMIT_MESSAGES = ("too big", "too many", "too large", "too long", "too complex", "out of memory",
                   "must be between")
 LEADING_NOISE = re.compile(r"(\s+|--[^\n]*(\n|$)|/\*.*?(\*/|$))*", re.DOTALL)
+NOTHING_TO_RUN = re.compile(r"(\s|;|--[^\n]*(\n|$)|/\*((?!\*/).)*(\*/|$))*", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,11 @@ def authorize(action: int, arg1: str | None, arg2: str | None, db_name: str | No
     if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() in SCHEMA_PRAGMAS:
         return sqlite3.SQLITE_OK
     return sqlite3.SQLITE_DENY
+
+
+def has_statement(sql: str) -> bool:
+    """Whether `sql` holds anything but whitespace, comments and semicolons (which SQLite runs as nothing)."""
+    return NOTHING_TO_RUN.fullmatch(sql) is None
 
 
 def first_keyword(sql: str) -> str:
@@ -188,7 +194,7 @@ def fetch_capped(cursor: sqlite3.Cursor, max_rows: int) -> tuple[list[tuple], bo
 def run_query(db_path: str, sql: str, timeout_s: float, max_rows: int) -> tuple:
     """Run `sql` in this process: (rows, columns, error_kind, error, truncated). Called in a sqlpool worker."""
     deadline = _deadline[0] = time.monotonic() + timeout_s
-    cursor = None
+    cursor, fresh_start = None, False
     try:
         cursor = cached_connection(Path(db_path), timeout_s).execute(sql)
         rows, more = fetch_capped(cursor, max_rows)
@@ -197,8 +203,8 @@ def run_query(db_path: str, sql: str, timeout_s: float, max_rows: int) -> tuple:
         return None, (), "limit", str(exc), False
     except (sqlite3.Error, sqlite3.Warning, OverflowError, MemoryError, ValueError) as exc:
         message = str(exc) or type(exc).__name__
-        if isinstance(exc, MemoryError) or "interrupted" in message or "memory" in message:
-            close_connections()  # after running out of time or memory, start again from fresh connections
+        # after running out of time or memory, start again from fresh connections
+        fresh_start = isinstance(exc, MemoryError) or "interrupted" in message or "memory" in message
         if time.monotonic() > deadline and "interrupted" in message.lower():
             return None, (), "timeout", f"stopped after the time limit of {timeout_s:g} s", False
         if "one statement at a time" in message:
@@ -207,6 +213,8 @@ def run_query(db_path: str, sql: str, timeout_s: float, max_rows: int) -> tuple:
     finally:
         if cursor is not None:
             cursor.close()  # ends the read transaction of a statement not run to its end
+        if fresh_start:
+            close_connections()
     if time.monotonic() > deadline:  # one long SQLite call that never reached the progress handler
         return None, (), "timeout", f"stopped after the time limit of {timeout_s:g} s", False
     if more:
@@ -232,10 +240,10 @@ def execute_readonly(db_path: str | Path, sql: str, *, timeout_s: float = 5.0, m
     db_path = Path(db_path).resolve()
     if not db_path.is_file():
         return failure("missing_db", f"database file {db_path} does not exist")
-    if not sql.strip():
-        return failure("syntax", "empty SQL")
     if len(sql) > MAX_SQL_CHARS:
         return failure("limit", f"the SQL is {len(sql)} characters long; at most {MAX_SQL_CHARS} may run")
+    if not has_statement(sql):
+        return failure("syntax", "no SQL statement (only whitespace, comments or semicolons)")
     keyword = first_keyword(sql)
     if keyword in WRITING_KEYWORDS:
         return failure("denied", f"only reading statements may run (SELECT, WITH, VALUES, EXPLAIN, PRAGMA); "

@@ -192,6 +192,8 @@ def serve(parent_pid: int, memory_bytes: int) -> None:
         except MemoryError:
             write_frame(answers, (None, (), "limit", f"the result exceeds the worker's memory limit of "
                                                       f"{memory_bytes} bytes", False))
+        except Exception as exc:  # an answer, whatever happened: the caller must not wait for a dead worker
+            write_frame(answers, (None, (), "other", f"{type(exc).__name__}: {exc}", False))
 
 
 if __name__ == "__main__":
