@@ -202,7 +202,8 @@ def run_query(db_path: str, sql: str, timeout_s: float, max_rows: int) -> tuple:
     except ResultTooLarge as exc:
         return None, (), "limit", str(exc), False
     except (sqlite3.Error, sqlite3.Warning, OverflowError, MemoryError, ValueError) as exc:
-        message = str(exc) or type(exc).__name__
+        message = str(exc) if not isinstance(exc, MemoryError) else (
+            f"out of memory: the query's process may use at most {sqlpool.WORKER_MEMORY_BYTES} bytes")
         # after running out of time or memory, start again from fresh connections
         fresh_start = isinstance(exc, MemoryError) or "interrupted" in message or "memory" in message
         if time.monotonic() > deadline and "interrupted" in message.lower():
