@@ -14,6 +14,7 @@ from prefect import flow
 from flows.settings import resolve_settings
 from sqlcopilot_core import registry, tracking
 from tasks.registry import compare_with_references, resolve_registered_model, score_registered_model
+from tasks.stage import clean_up_after_killed_runs
 
 
 @flow(name="nightly-eval")
@@ -23,6 +24,7 @@ def nightly_eval(model_name: str = "sqlcopilot", version_or_alias: str | int = "
     """Score the registered version; raise when ex drops by more than `tolerance` vs registration or last night."""
     evaluate = resolve_settings(profile, overrides or [], spider_dir)["evaluate"]
     version, artifact = resolve_registered_model(model_name, version_or_alias)
+    clean_up_after_killed_runs()
     run_id = tracking.start_run(registry.NIGHTLY_RUN, evaluate, tags={
         "nightly": "true", "model_name": model_name, "model_version": version["version"],
         "requested": str(version_or_alias), "profile": profile, "eval_key": registry.eval_key(evaluate),

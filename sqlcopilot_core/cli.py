@@ -12,19 +12,25 @@ from pathlib import Path
 
 
 def cmd_rebuild(args) -> int:
-    from flows.rebuild import full_rebuild
+    from flows.server import prefect_api
 
-    result = full_rebuild(profile=args.profile, overrides=args.set, spider_dir=args.spider_dir)
+    with prefect_api():
+        from flows.rebuild import full_rebuild
+
+        result = full_rebuild(profile=args.profile, overrides=args.set, spider_dir=args.spider_dir)
     print(json.dumps(result, indent=2))
     return 0
 
 
 def cmd_sweep(args) -> int:
-    from flows.sweep import prune_sweep
+    from flows.server import prefect_api
 
     ratios = [float(r) for r in args.ratios.split(",") if r.strip()]
-    result = prune_sweep(profile=args.profile, ratios=ratios, overrides=args.set, spider_dir=args.spider_dir,
-                         teacher=args.teacher)
+    with prefect_api():
+        from flows.sweep import prune_sweep
+
+        result = prune_sweep(profile=args.profile, ratios=ratios, overrides=args.set, spider_dir=args.spider_dir,
+                             teacher=args.teacher)
     print(json.dumps(result["rows"], indent=2))
     return 0
 
@@ -58,7 +64,7 @@ def cmd_predict(args) -> int:
     if args.runtime == "cpp":
         from sqlcopilot_core.copilot import predict_with_runner
 
-        preds = predict_with_runner(Path(args.model), examples, config)
+        preds = predict_with_runner(Path(args.model), examples, config, args.runner)
     else:
         model, tokenizer = load_model(args.model)
         preds = predict_examples(model, tokenizer, examples, predict_config(config))
@@ -141,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--max-new-tokens", type=int, default=96)
     predict.add_argument("--batch-size", type=int, default=8)
     predict.add_argument("--runtime", default="python", choices=["python", "cpp"])
+    predict.add_argument("--runner", help="sqlcopilot-runner program for --runtime cpp (default: the build artifact's)")
     predict.set_defaults(func=cmd_predict)
 
     ask = sub.add_parser("ask", help="ask a SQLite database a question through the compiled model (C++ runtime)")

@@ -37,6 +37,16 @@ def store() -> ArtifactStore:
     return ArtifactStore(paths.artifact_store())
 
 
+def clean_up_after_killed_runs() -> None:
+    """What killed commands left behind: their staging folders are removed, their RUNNING MLflow runs marked
+    FAILED (only those whose process has ended; a run going on beside this one is left alone)."""
+    removed = store().clean_stale_staging()
+    failed = tracking.fail_orphaned_runs()
+    if removed or failed:
+        logger().warning(f"after killed runs: removed {len(removed)} staging folder(s) "
+                         f"{[str(p) for p in removed]}, marked {len(failed)} MLflow run(s) FAILED {failed}")
+
+
 def stage_key(stage: str, config: dict[str, Any], upstream: dict[str, Artifact], modules: tuple[str, ...]) -> str:
     return cache_key(stage, config, {a.stage: a.key for a in upstream.values()}, code_version(*modules))
 
