@@ -93,3 +93,35 @@ def test_eval_writes_every_record_of_a_prediction_with_a_lone_surrogate(work_hom
     assert run_eval(spider, predictions, tmp_path / "out", capsys)[0] == 0
     scored = (tmp_path / "out" / "predictions_scored.jsonl").read_text().splitlines()
     assert len(scored) == len(dev) and json.loads(scored[0])["pred"] == "SELECT '\ud800'"
+
+
+def test_eval_counts_single_call_bombs_as_errors_and_stays_small(work_home, tmp_path):
+    """`sqlcopilot eval --timeout 1` on predictions that are single-call bombs: each stops within the limit plus a
+    second, is counted as a timeout or limit error, and the scoring process never holds 1 GB."""
+    import subprocess
+    import sys
+    import time
+
+    spider = ensure_sample_spider()
+    dev = load_split(spider, "dev")
+    printf = "printf('%.*c', 2000000000, 'x')"
+    bombs = [f"SELECT {printf}", f"SELECT {printf}, {printf}, {printf}",
+             "SELECT replace(replace(hex(zeroblob(4000000)), '0', '0000000000'), '0', '0000000000')",
+             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 10000) SELECT zeroblob(9e6) FROM n"]
+    predictions = tmp_path / "preds.jsonl"
+    predictions.write_text("\n".join([json.dumps({"pred": bomb}) for bomb in bombs]
+                                     + gold_lines(dev[len(bombs):])))
+    measure = ("import resource, sys\nfrom sqlcopilot_core.cli import main\ncode = main(sys.argv[1:])\n"
+               "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, code)\n")
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", measure, "eval", "--spider-dir", str(spider), "--predictions",
+                           str(predictions), "--out", str(tmp_path / "out"), "--timeout", "1"],
+                          capture_output=True, text=True, timeout=300)
+    elapsed = time.monotonic() - started
+    maxrss_kb, code = done.stdout.split("maxrss_kb")[-1].split()
+    assert code == "0", done.stderr[-3000:]
+    assert int(maxrss_kb) < 1 << 20
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["errors"]["timeout"] + summary["errors"]["limit"] == len(bombs)
+    assert summary["correct"] == len(dev) - len(bombs)
+    assert elapsed < 60 + len(bombs) * 2  # start-up and the gold queries, then at most limit + 1 s per bomb

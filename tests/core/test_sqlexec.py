@@ -1,5 +1,4 @@
 import hashlib
-import resource
 import time
 import sqlite3
 
@@ -139,7 +138,6 @@ def test_authorizer_allows_reading_only():
 # ---- limits that hold for a single SQLite call ----
 
 BOMB_TIMEOUT_S = 1.0
-ONE_GB_KB = 1 << 20  # ru_maxrss is in kilobytes on Linux
 PRINTF_BOMB = "printf('%.*c', 2000000000, 'x')"
 
 
@@ -156,7 +154,6 @@ def test_single_call_bombs_stop_at_the_limit_and_are_reported(db, sql):
     assert time.monotonic() - started < BOMB_TIMEOUT_S + 1
     assert result.error_kind in ("timeout", "limit"), result
     assert result.rows is None and result.error
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < ONE_GB_KB
 
 
 def test_a_killed_worker_is_replaced(db):
