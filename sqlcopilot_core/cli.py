@@ -36,6 +36,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from sqlcopilot_core import sqlpool
     from sqlcopilot_core.evaluation import (format_summary_table, prepare_output_dir, read_predictions,
                                             score_predictions, write_summary)
     from sqlcopilot_core.scoring import resolve_spider_dir
@@ -44,6 +45,7 @@ def cmd_eval(args) -> int:
     if args.timeout <= 0 or args.max_rows < 1:
         raise ValueError("--timeout must be positive and --max-rows at least 1")
     prepare_output_dir(args.out)
+    sqlpool.prestart()  # the query worker starts while the files are read
     examples = load_split(resolve_spider_dir(args.spider_dir), args.split)
     predictions = read_predictions(Path(args.predictions), examples)
     summary = score_predictions(examples, predictions, timeout_s=args.timeout, max_rows=args.max_rows)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from sqlcopilot_core import sqlpool
 from sqlcopilot_core.hardness import HARDNESS_LEVELS, example_hardness, has_outer_order_by
 from sqlcopilot_core.spider import Example
 from sqlcopilot_core.sqlexec import ERROR_KINDS, ExecResult, execute_readonly, has_statement
@@ -307,6 +308,7 @@ def main(argv: list[str]) -> int:
     if len(argv) not in (1, 2):
         print("usage: python -m sqlcopilot_core.evaluation SPIDER_DIR [SPLIT]", file=sys.stderr)
         return 2
+    sqlpool.prestart()  # the query worker starts while the split is read
     examples = load_split(argv[0], argv[1] if len(argv) == 2 else "dev")
     start = time.monotonic()
     summary = score_predictions(examples, [example.query for example in examples])

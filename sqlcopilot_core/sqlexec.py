@@ -25,12 +25,14 @@ failed.
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 
 from sqlcopilot_core import sqlpool
 
@@ -149,10 +151,15 @@ def open_readonly(db_path: Path, busy_timeout_s: float) -> sqlite3.Connection:
     return conn
 
 
-def cached_connection(db_path: Path, busy_timeout_s: float) -> sqlite3.Connection:
+def cached_connection(db_path: Path, busy_timeout_s: float) -> sqlite3.Connection | None:
     """A read-only connection to `db_path`, reused while the file is the same (inode, size, modification time):
-    opening one and reading its schema costs as much as a typical Spider query."""
-    stat = db_path.stat()
+    opening one and reading its schema costs as much as a typical Spider query. None when there is no such file."""
+    try:
+        stat = db_path.stat()
+    except OSError:
+        return None
+    if not S_ISREG(stat.st_mode):
+        return None
     key = (str(db_path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
     conn = _connections.pop(key, None) or open_readonly(db_path, busy_timeout_s)
     _connections[key] = conn  # the most recently used last
@@ -196,7 +203,10 @@ def run_query(db_path: str, sql: str, timeout_s: float, max_rows: int) -> tuple:
     deadline = _deadline[0] = time.monotonic() + timeout_s
     cursor, fresh_start = None, False
     try:
-        cursor = cached_connection(Path(db_path), timeout_s).execute(sql)
+        conn = cached_connection(Path(db_path), timeout_s)
+        if conn is None:
+            return None, (), "missing_db", f"database file {db_path} does not exist", False
+        cursor = conn.execute(sql)
         rows, more = fetch_capped(cursor, max_rows)
         columns = tuple(d[0] for d in cursor.description or ())
     except ResultTooLarge as exc:
@@ -238,9 +248,7 @@ def execute_readonly(db_path: str | Path, sql: str, *, timeout_s: float = 5.0, m
     def failure(kind: str, message: str) -> ExecResult:
         return ExecResult(None, (), kind, message, False, time.monotonic() - start)
 
-    db_path = Path(db_path).resolve()
-    if not db_path.is_file():
-        return failure("missing_db", f"database file {db_path} does not exist")
+    db_path = os.path.abspath(db_path)  # the worker checks that the file exists
     if len(sql) > MAX_SQL_CHARS:
         return failure("limit", f"the SQL is {len(sql)} characters long; at most {MAX_SQL_CHARS} may run")
     if not has_statement(sql):
@@ -251,7 +259,7 @@ def execute_readonly(db_path: str | Path, sql: str, *, timeout_s: float = 5.0, m
                                  f"this one is {keyword.upper()}")
     try:
         rows, columns, kind, error, truncated = sqlpool.call(
-            ("query", str(db_path), sql, float(timeout_s), int(max_rows)), timeout_s + sqlpool.KILL_GRACE_S)
+            ("query", db_path, sql, float(timeout_s), int(max_rows)), timeout_s + sqlpool.KILL_GRACE_S)
     except sqlpool.WorkerFailed as exc:
         if exc.kind == "timeout":
             return failure("timeout", f"stopped after the time limit of {timeout_s:g} s (its process was ended)")

@@ -76,21 +76,27 @@ def read_frame(fd: int, deadline: float):
 # ---- the caller's side ----
 
 class Worker:
-    """One worker process, ready for a request."""
+    """One worker process; it starts in the background and is waited for at its first request."""
 
     def __init__(self):
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")])}
         self.process = subprocess.Popen(
             [sys.executable, "-S", "-m", "sqlcopilot_core.sqlpool", str(os.getpid()), str(WORKER_MEMORY_BYTES)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self.ready = False
+
+    def wait_ready(self) -> None:
         try:
             read_frame(self.process.stdout.fileno(), time.monotonic() + STARTUP_LIMIT_S)
         except WorkerFailed as exc:
             self.kill()
             raise WorkerFailed("other", f"the query worker did not start within {STARTUP_LIMIT_S:g} s: {exc}")
+        self.ready = True
 
     def call(self, request: tuple, wait_s: float):
         """The worker's answer to `request`; WorkerFailed (and the worker killed) when none came within `wait_s`."""
+        if not self.ready:
+            self.wait_ready()
         deadline = time.monotonic() + wait_s
         try:
             write_frame(self.process.stdin, request)
@@ -139,6 +145,14 @@ def give_back(worker: Worker) -> None:
             _idle.append(worker)
             return
     worker.kill()
+
+
+def prestart() -> None:
+    """Start a worker in the background unless one is idle, so that the first query does not wait for it."""
+    with _lock:
+        if _owner_pid == os.getpid() and _idle:
+            return
+    give_back(Worker())
 
 
 def call(request: tuple, wait_s: float):
