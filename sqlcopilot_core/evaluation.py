@@ -14,10 +14,10 @@ Two results match with the semantics of Spider's test-suite evaluation (taoyds/t
 Unlike the test-suite script, DISTINCT is kept in both queries and nothing is rewritten before running them.
 
 A prediction is wrong when it fails (error kinds of sqlexec, plus "empty": nothing but whitespace, comments and
-semicolons, which SQLite would run as nothing and so "match" every empty gold result). Its row cap is `max_rows`, raised to the
-gold row count when the gold query returns more, so a correct prediction is never cut off; the gold query itself
-runs with a cap of GOLD_MAX_ROWS. A failing gold query makes the example count as not matched, flagged in
-`gold_error` and counted in `gold_errors`.
+semicolons, which SQLite would run as nothing and so "match" every empty gold result). Its row cap is `max_rows`,
+raised to the gold row count when the gold query returns more, so a correct prediction is never cut off; the gold
+query itself runs with a cap of GOLD_MAX_ROWS. A failing gold query makes the example count as not matched, flagged
+in `gold_error` and counted in `gold_errors`.
 """
 
 from __future__ import annotations

@@ -36,7 +36,8 @@ from stat import S_ISREG
 
 from sqlcopilot_core import sqlpool
 
-ERROR_KINDS = ("syntax", "unknown_table", "unknown_column", "timeout", "limit", "denied", "too_many_rows", "missing_db", "other")
+ERROR_KINDS = ("syntax", "unknown_table", "unknown_column", "timeout", "limit", "denied", "too_many_rows", "missing_db",
+               "other")
 ALLOWED_ACTIONS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
 # Pragmas that only describe the schema; every other pragma (and every pragma assignment) is denied.
 SCHEMA_PRAGMAS = {"table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo",
@@ -51,11 +52,9 @@ PROGRESS_INTERVAL = 1000
 FETCH_CHUNK = 1000
 MAX_VALUE_BYTES = 10_000_000
 MAX_SQL_CHARS = 100_000
-OPEN_CONNECTIONS = 8
-_connections: dict[tuple, sqlite3.Connection] = {}
-_deadline = [0.0]  # the running query's deadline, read by the progress handler of every connection
 MAX_RESULT_BYTES = 128 << 20
-"""Size of a result (text and blob bytes plus ROW_BYTES per row and VALUE_BYTES per value) beyond which it is an error."""
+"""Size of a result (text and blob bytes, plus ROW_BYTES per row and VALUE_BYTES per value) beyond which it is an
+error."""
 ROW_BYTES, VALUE_BYTES = 64, 16
 # Each far beyond what any Spider gold query needs (all of dev and train run under them), far below SQLite's defaults.
 SQLITE_LIMITS = {
@@ -74,6 +73,10 @@ SQLITE_LIMITS = {
 # Messages of SQLite (and Python) when one of those limits, or memory, is reached.
 LIMIT_MESSAGES = ("too big", "too many", "too large", "too long", "too complex", "out of memory",
                   "must be between")
+# A worker keeps this many connections open (opening one and reading its schema costs about a Spider query).
+OPEN_CONNECTIONS = 8
+_connections: dict[tuple, sqlite3.Connection] = {}
+_deadline = [0.0]  # the running query's deadline, read by the progress handler of every connection
 LEADING_NOISE = re.compile(r"(\s+|--[^\n]*(\n|$)|/\*.*?(\*/|$))*", re.DOTALL)
 NOTHING_TO_RUN = re.compile(r"(\s|;|--[^\n]*(\n|$)|/\*((?!\*/).)*(\*/|$))*", re.DOTALL)
 
@@ -234,7 +237,8 @@ def run_query(db_path: str, sql: str, timeout_s: float, max_rows: int) -> tuple:
 
 
 def answer_request(request: tuple):
-    """A sqlpool worker's answer: ('query', db_path, sql, timeout_s, max_rows) -> run_query's tuple; ('echo', x) -> x."""
+    """A sqlpool worker's answer: ('query', db_path, sql, timeout_s, max_rows) -> run_query's tuple;
+    ('echo', x) -> x."""
     if request[0] == "echo":
         return request[1]
     return run_query(*request[1:])
