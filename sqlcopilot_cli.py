@@ -13,28 +13,40 @@ from pathlib import Path
 
 
 def cmd_rebuild(args) -> int:
-    from flows.rebuild import full_rebuild
+    from flows.server import prefect_api
 
-    result = full_rebuild(profile=args.profile, overrides=args.set, spider_dir=args.spider_dir)
+    with prefect_api():
+        from flows.rebuild import full_rebuild
+
+        result = full_rebuild(profile=args.profile, overrides=args.set, spider_dir=args.spider_dir)
     print(json.dumps(result, indent=2))
     return 0
 
 
 def cmd_sweep(args) -> int:
-    from flows.sweep import prune_sweep
+    from flows.server import prefect_api
 
     ratios = [float(r) for r in args.ratios.split(",") if r.strip()]
-    result = prune_sweep(profile=args.profile, ratios=ratios, overrides=args.set, spider_dir=args.spider_dir,
-                         teacher=args.teacher)
+    with prefect_api():
+        from flows.sweep import prune_sweep
+
+        result = prune_sweep(profile=args.profile, ratios=ratios, overrides=args.set, spider_dir=args.spider_dir,
+                             teacher=args.teacher)
     print(json.dumps(result["rows"], indent=2))
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from sqlcopilot_core.evaluation import format_summary_table, read_predictions, score_predictions, write_summary
+    from sqlcopilot_core import sqlpool
+    from sqlcopilot_core.evaluation import (format_summary_table, prepare_output_dir, read_predictions,
+                                            score_predictions, write_summary)
     from sqlcopilot_core.scoring import resolve_spider_dir
     from sqlcopilot_core.spider import load_split
 
+    if args.timeout <= 0 or args.max_rows < 1:
+        raise ValueError("--timeout must be positive and --max-rows at least 1")
+    prepare_output_dir(args.out)
+    sqlpool.prestart()  # the query worker starts while the files are read
     examples = load_split(resolve_spider_dir(args.spider_dir), args.split)
     predictions = read_predictions(Path(args.predictions), examples)
     summary = score_predictions(examples, predictions, timeout_s=args.timeout, max_rows=args.max_rows)
@@ -83,8 +95,8 @@ def cmd_predict(args) -> int:
     if args.runtime == "cpp":
         from sqlcopilot_core.copilot import predict_with_runner, resolve_runtime
 
-        runtime = resolve_runtime(args.model)
-        preds = predict_with_runner(Path(args.model), examples, config,
+        runtime = resolve_runtime(args.model, args.runner)
+        preds = predict_with_runner(Path(args.model), examples, config, args.runner,
                                     prompt=prompt_override(args, runtime.export_dir))
     else:
         model, tokenizer = load_model(args.model)
@@ -168,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="dev", choices=["dev", "train"])
     evaluate.add_argument("--predictions", required=True, help="JSON lines {db_id, question, pred} or one SQL per line")
     evaluate.add_argument("--out", required=True, help="folder for summary.json and predictions_scored.jsonl")
-    evaluate.add_argument("--timeout", type=float, default=5.0, help="seconds per query (enforced inside SQLite)")
+    evaluate.add_argument("--timeout", type=float, default=5.0, help="seconds per query (its process is ended past it)")
     evaluate.add_argument("--max-rows", type=int, default=10000, help="row cap per predicted query")
     evaluate.set_defaults(func=cmd_evaluate)
 
@@ -181,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--max-new-tokens", type=int, default=96)
     predict.add_argument("--batch-size", type=int, default=8)
     predict.add_argument("--runtime", default="python", choices=["python", "cpp"])
+    predict.add_argument("--runner", help="sqlcopilot-runner program for --runtime cpp (default: the build artifact's)")
     add_prompt_options(predict)
     predict.set_defaults(func=cmd_predict)
 
@@ -215,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, OSError, RuntimeError) as exc:
         print(f"sqlcopilot {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

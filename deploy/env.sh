@@ -16,12 +16,41 @@ SQLCOPILOT_WORK_POOL_TYPE="${SQLCOPILOT_WORK_POOL_TYPE:-process}"
 SQLCOPILOT_WORKER_LIMIT="${SQLCOPILOT_WORKER_LIMIT:-1}"  # flow runs at a time: training wants every core
 SQLCOPILOT_TIMEZONE="${SQLCOPILOT_TIMEZONE:-UTC}"
 SQLCOPILOT_RUN_DIR="${SQLCOPILOT_RUN_DIR:-$SQLCOPILOT_HOME/run}"  # pid files and logs
+# Credentials of the servers, "user:password" each; required when SQLCOPILOT_HOST is not a loopback address. Prefect:
+# the server checks PREFECT_SERVER_API_AUTH_STRING, clients (CLI, worker, flow runs) send PREFECT_API_AUTH_STRING.
+# MLflow: the basic-auth app, its admin user made from these on first start; clients send MLFLOW_TRACKING_USERNAME
+# and MLFLOW_TRACKING_PASSWORD.
+SQLCOPILOT_PREFECT_AUTH="${SQLCOPILOT_PREFECT_AUTH:-}"
+SQLCOPILOT_MLFLOW_AUTH="${SQLCOPILOT_MLFLOW_AUTH:-}"
+if [ -n "$SQLCOPILOT_PREFECT_AUTH" ]; then
+  export PREFECT_SERVER_API_AUTH_STRING="$SQLCOPILOT_PREFECT_AUTH" PREFECT_API_AUTH_STRING="$SQLCOPILOT_PREFECT_AUTH"
+fi
+if [ -n "$SQLCOPILOT_MLFLOW_AUTH" ]; then
+  export MLFLOW_TRACKING_USERNAME="${SQLCOPILOT_MLFLOW_AUTH%%:*}" MLFLOW_TRACKING_PASSWORD="${SQLCOPILOT_MLFLOW_AUTH#*:}"
+fi
 PREFECT_HOME="${PREFECT_HOME:-$SQLCOPILOT_HOME/prefect}"
 PREFECT_API_URL="${PREFECT_API_URL:-http://$SQLCOPILOT_HOST:$SQLCOPILOT_PREFECT_PORT/api}"
 export SQLCOPILOT_CHECKOUT SQLCOPILOT_REPO SQLCOPILOT_HOME SQLCOPILOT_BIN SQLCOPILOT_HOST SQLCOPILOT_PREFECT_PORT \
   SQLCOPILOT_MLFLOW_PORT SQLCOPILOT_WORK_POOL SQLCOPILOT_WORK_POOL_TYPE SQLCOPILOT_WORKER_LIMIT SQLCOPILOT_TIMEZONE \
-  SQLCOPILOT_RUN_DIR PREFECT_HOME PREFECT_API_URL
+  SQLCOPILOT_RUN_DIR SQLCOPILOT_PREFECT_AUTH SQLCOPILOT_MLFLOW_AUTH PREFECT_HOME PREFECT_API_URL
 if [ -d "$SQLCOPILOT_BIN" ]; then PATH="$SQLCOPILOT_BIN:$PATH"; fi
+
+is_loopback() {  # HOST: 127.x.x.x, ::1 or localhost
+  case "$1" in 127.*|::1|"[::1]"|localhost) return 0 ;; *) return 1 ;; esac
+}
+
+require_credentials() {  # NAME VARIABLE: refuse a non-loopback bind without "user:password" in VARIABLE
+  local value="${!2}"
+  if [ -n "$value" ] && { [ "${value%%:*}" = "$value" ] || [ -z "${value%%:*}" ] || [ -z "${value#*:}" ]; }; then
+    echo "$1: $2 must be user:password (both non-empty)" >&2
+    return 1
+  fi
+  if ! is_loopback "$SQLCOPILOT_HOST" && [ -z "$value" ]; then
+    echo "$1: refusing to listen on $SQLCOPILOT_HOST, which is not a loopback address, without credentials:" \
+      "set $2=user:password (see docs/OPERATIONS.md, Authentication)" >&2
+    return 1
+  fi
+}
 
 start_background() {  # NAME COMMAND...: run COMMAND in its own session, logging to $SQLCOPILOT_RUN_DIR/NAME.log
   local name="$1"; shift

@@ -14,6 +14,7 @@ from prefect import flow
 from flows.settings import resolve_settings
 from sqlcopilot_core import registry, tracking
 from tasks.registry import compare_with_references, resolve_registered_model, score_registered_model
+from sqlcopilot_core.stage import clean_up_after_killed_runs
 
 
 @flow(name="nightly-eval")
@@ -25,6 +26,7 @@ def nightly_eval(model_name: str = "sqlcopilot", version_or_alias: str | int = "
     # the whole split, whatever the profile's stages are scored on: a nightly drop must be told from noise
     evaluate = {**resolve_settings(profile, overrides or [], spider_dir)["evaluate"], "limit": None}
     version, artifact = resolve_registered_model(model_name, version_or_alias)
+    clean_up_after_killed_runs()
     with tracking.run(registry.NIGHTLY_RUN, evaluate, tags={
             "nightly": "true", "model_name": model_name, "model_version": version["version"],
             "requested": str(version_or_alias), "profile": profile, "eval_key": registry.eval_key(evaluate),

@@ -19,6 +19,7 @@ from tasks.export import export
 from tasks.finetune import finetune
 from tasks.prune import prune
 from tasks.registry import register_model
+from sqlcopilot_core.stage import clean_up_after_killed_runs
 
 
 @flow(name="full-rebuild")
@@ -27,6 +28,7 @@ def full_rebuild(profile: str = "smoke", overrides: list[str] | None = None,
     """download_base -> finetune -> prune -> distill -> export -> build, every stage a cached artifact with its score in a nested MLflow run; the final model is
     registered in the MLflow model registry (alias candidate, champion when it scores at least the champion)."""
     settings = resolve_settings(profile, overrides or [], spider_dir)
+    clean_up_after_killed_runs()
     with tracking.run("full-rebuild", settings, tags={"flow": "full-rebuild", "profile": profile}) as run_id:
         evaluate = settings["evaluate"]
         gold = gold_check(evaluate, run_id)

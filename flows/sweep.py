@@ -20,6 +20,7 @@ from tasks.distill import distill
 from tasks.download_base import download_base
 from tasks.finetune import existing_finetune, finetune
 from tasks.prune import prune
+from sqlcopilot_core.stage import clean_up_after_killed_runs
 
 
 @flow(name="prune-sweep")
@@ -33,6 +34,7 @@ def prune_sweep(profile: str = "smoke", ratios: list[float] | None = None, overr
     """
     settings = resolve_settings(profile, overrides or [], spider_dir)
     ratios = ratios or [0.75, 0.5, 0.25]
+    clean_up_after_killed_runs()
     with tracking.run("prune-sweep", {**settings, "ratios": ratios, "teacher": teacher or ""},
                       tags={"flow": "prune-sweep"}) as run_id:
         evaluate, folder = settings["evaluate"], settings["spider_dir"]

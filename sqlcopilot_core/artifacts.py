@@ -12,13 +12,17 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlcopilot_core.lifetime import alive_since
+
 MANIFEST = "manifest.json"
+STAGING_PREFIX = ".tmp-"
 MANIFEST_FIELDS = ("stage", "key", "config", "upstream", "code_version", "files", "metrics", "mlflow_run_id")
 
 
@@ -131,7 +135,7 @@ class ArtifactStore:
 
     def staging(self, stage: str, key: str) -> Path:
         """A fresh temporary folder next to the final one (same filesystem, so the final rename is atomic)."""
-        path = self.root / stage / f".tmp-{key}-{os.getpid()}-{time.time_ns()}"
+        path = self.root / stage / f"{STAGING_PREFIX}{key}-{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
         path.mkdir(parents=True)
         return path
 
@@ -152,6 +156,17 @@ class ArtifactStore:
         os.replace(staging, final)
         return load_artifact(final)
 
+    def clean_stale_staging(self) -> list[Path]:
+        """Remove the staging folders of every stage whose process has ended (a killed run); returns them. A folder
+        of a run still going on, here or on another host, is kept."""
+        removed = []
+        for path in sorted(self.root.glob(f"*/{STAGING_PREFIX}*")):
+            owner = staging_owner(path.name)
+            if owner is not None and alive_since(*owner) is False:
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        return removed
+
     def clean_staging(self, stage: str) -> int:
         """Remove temporary folders left by killed runs of `stage`; returns how many."""
         removed = 0
@@ -159,6 +174,17 @@ class ArtifactStore:
             shutil.rmtree(path, ignore_errors=True)
             removed += 1
         return removed
+
+
+def staging_owner(name: str) -> tuple[str, int, int] | None:
+    """(host, pid, creation time in ns) of a staging folder's name, None when it is not one. Folders named before
+    the host was part of the name ('.tmp-<key>-<pid>-<ns>') belong to this host."""
+    _, _, rest = name[len(STAGING_PREFIX):].partition("-")
+    parts = rest.rsplit("-", 2)
+    if not name.startswith(STAGING_PREFIX) or not all(part.isdigit() for part in parts[-2:]) or len(parts) < 2:
+        return None
+    host = parts[0] if len(parts) == 3 else socket.gethostname()
+    return host, int(parts[-2]), int(parts[-1])
 
 
 def main(argv: list[str]) -> None:

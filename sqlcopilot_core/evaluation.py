@@ -13,16 +13,18 @@ Two results match with the semantics of Spider's test-suite evaluation (taoyds/t
   comparison needs; it absorbs the ~1e-15 noise of a different summation order).
 Unlike the test-suite script, DISTINCT is kept in both queries and nothing is rewritten before running them.
 
-A prediction is wrong when it fails (error kinds of sqlexec, plus "empty"). Its row cap is `max_rows`, raised to the
-gold row count when the gold query returns more, so a correct prediction is never cut off; the gold query itself
-runs with a cap of GOLD_MAX_ROWS. A failing gold query makes the example count as not matched, flagged in
-`gold_error` and counted in `gold_errors`.
+A prediction is wrong when it fails (error kinds of sqlexec, plus "empty": nothing but whitespace, comments and
+semicolons, which SQLite would run as nothing and so "match" every empty gold result). Its row cap is `max_rows`,
+raised to the gold row count when the gold query returns more, so a correct prediction is never cut off; the gold
+query itself runs with a cap of GOLD_MAX_ROWS. A failing gold query makes the example count as not matched, flagged
+in `gold_error` and counted in `gold_errors`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from collections import Counter
@@ -33,9 +35,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from sqlcopilot_core import sqlpool
 from sqlcopilot_core.hardness import HARDNESS_LEVELS, example_hardness, has_outer_order_by
 from sqlcopilot_core.spider import Example
-from sqlcopilot_core.sqlexec import ERROR_KINDS, ExecResult, execute_readonly
+from sqlcopilot_core.sqlexec import ERROR_KINDS, ExecResult, execute_readonly, has_statement
 
 FLOAT_DIGITS = 9
 MAX_COLUMN_PERMUTATIONS = 10_000
@@ -124,8 +127,8 @@ def match_against_gold(db_path: Path, gold_sql: str, gold: ExecResult, pred_sql:
                        max_rows: int) -> MatchResult:
     """Run the prediction and compare it with an already executed gold query."""
     gold_error = None if gold.ok else f"{gold.error_kind}: {gold.error}"
-    if not pred_sql.strip():
-        return MatchResult(False, "empty", "empty prediction", gold_error)
+    if not has_statement(pred_sql):
+        return MatchResult(False, "empty", "no SQL statement in the prediction", gold_error)
     pred_cap = max(max_rows, len(gold.rows or ()))
     pred = execute_readonly(db_path, pred_sql, timeout_s=timeout_s, max_rows=pred_cap)
     if not pred.ok:
@@ -225,8 +228,7 @@ def read_predictions(path: str | Path, examples: list[Example]) -> list[str]:
     evaluation.py does, so an empty prediction can only be written as JSON ({"pred": ""}).
     """
     path = Path(path)
-    lines = [(number, line) for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
-             if line.strip()]
+    lines = [(number, line) for number, line in enumerate(read_text_file(path).splitlines(), 1) if line.strip()]
     is_jsonl = bool(lines) and lines[0][1].lstrip().startswith("{")
     reader = prediction_from_json_line if is_jsonl else prediction_from_text_line
     if len(lines) != len(examples):
@@ -234,6 +236,23 @@ def read_predictions(path: str | Path, examples: list[Example]) -> list[str]:
         raise PredictionFileError(f"{path}: {len(lines)} predictions ({file_format}) for {len(examples)} examples; "
                                   f"the counts must be equal")
     return [reader(path, number, line, example) for (number, line), example in zip(lines, examples)]
+
+
+def read_text_file(path: Path) -> str:
+    """The text of a UTF-8 file (a byte-order mark is dropped); PredictionFileError naming the file, and the line of
+    the first byte that is not UTF-8, for anything else."""
+    if not path.is_file():
+        raise PredictionFileError(f"{path}: {'is a folder' if path.is_dir() else 'does not exist'}; "
+                                  f"expected a predictions file")
+    data = path.read_bytes()
+    if b"\0" in data:
+        raise PredictionFileError(f"{path}: a binary file (it holds NUL bytes), not a predictions file")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise PredictionFileError(f"{path} line {line}: not UTF-8 (byte {data[exc.start]:#04x} at offset "
+                                  f"{exc.start}); save the file as UTF-8") from None
 
 
 def prediction_from_json_line(path: Path, number: int, line: str, example: Example) -> str:
@@ -284,13 +303,30 @@ def format_summary_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def write_summary(summary: dict, out_dir: str | Path) -> Path:
-    """Write out_dir/summary.json (without the per-example records) and out_dir/predictions_scored.jsonl."""
+def prepare_output_dir(out_dir: str | Path) -> Path:
+    """Create `out_dir` (a folder for summary.json and predictions_scored.jsonl), or say why it cannot be one; called
+    before scoring, so that no work is lost to a bad path."""
     out_dir = Path(out_dir)
+    for folder in [out_dir, *out_dir.parents]:
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{folder} is an existing file; the output must be a folder")
+        if folder.exists():
+            break
     out_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise ValueError(f"{out_dir}: the folder is not writable")
+    return out_dir
+
+
+def write_summary(summary: dict, out_dir: str | Path) -> Path:
+    """Write out_dir/summary.json (without the per-example records) and out_dir/predictions_scored.jsonl.
+
+    A prediction may hold text that is not valid Unicode (a lone surrogate from a JSON escape): it is written as the
+    same JSON escape (backslashreplace), so every line is written and reads back to the same string."""
+    out_dir = prepare_output_dir(out_dir)
     totals = {key: value for key, value in summary.items() if key != "per_example"}
     (out_dir / "summary.json").write_text(json.dumps(totals, indent=2) + "\n", encoding="utf-8")
-    with open(out_dir / "predictions_scored.jsonl", "w", encoding="utf-8") as scored:
+    with open(out_dir / "predictions_scored.jsonl", "w", encoding="utf-8", errors="backslashreplace") as scored:
         for record in summary["per_example"]:
             scored.write(json.dumps(record, ensure_ascii=False) + "\n")
     return out_dir / "summary.json"
@@ -302,6 +338,7 @@ def main(argv: list[str]) -> int:
     if len(argv) not in (1, 2):
         print("usage: python -m sqlcopilot_core.evaluation SPIDER_DIR [SPLIT]", file=sys.stderr)
         return 2
+    sqlpool.prestart()  # the query worker starts while the split is read
     examples = load_split(argv[0], argv[1] if len(argv) == 2 else "dev")
     start = time.monotonic()
     summary = score_predictions(examples, [example.query for example in examples])

@@ -30,6 +30,16 @@ EVALUATE_MODULE = "sqlcopilot_core.stages.evaluate"
 LOG = logging.getLogger("sqlcopilot")
 
 
+def clean_up_after_killed_runs(log: logging.Logger | None = None) -> None:
+    """What killed commands left behind: their staging folders are removed, their RUNNING MLflow runs marked
+    FAILED (only those whose process has ended; a run going on beside this one is left alone)."""
+    removed = ArtifactStore(paths.artifact_store()).clean_stale_staging()
+    failed = tracking.fail_orphaned_runs()
+    if removed or failed:
+        (log or LOG).warning(f"after killed runs: removed {len(removed)} staging folder(s) "
+                             f"{[str(p) for p in removed]}, marked {len(failed)} MLflow run(s) FAILED {failed}")
+
+
 @dataclass(frozen=True)
 class RunLog:
     """What a producer may record in its stage's MLflow run while it works."""

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import traceback
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from sqlcopilot_core import paths
+from sqlcopilot_core import lifetime, paths
 
 EXPERIMENT = "sqlcopilot"
 # Every model-producing stage logs these names, so runs line up in the MLflow UI.
 MODEL_METRICS = ("ex", "params", "size_mb", "tokens_per_s")
+# The process that created a run ('host:pid:start_ticks'): a RUNNING run whose process has ended was killed.
+PROCESS_TAG = "sqlcopilot.process"
 
 
 def client():
@@ -55,7 +58,7 @@ def flatten_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
 def start_run(name: str, params: dict[str, Any] | None = None, parent_run_id: str | None = None,
               tags: dict[str, str] | None = None, experiment: str = EXPERIMENT) -> str:
     """Create a run (nested under `parent_run_id` when given) and log its params; returns the run id."""
-    all_tags = {"mlflow.runName": name, **(tags or {})}
+    all_tags = {"mlflow.runName": name, PROCESS_TAG: lifetime.process_identity(os.getpid()), **(tags or {})}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     run = client().create_run(experiment_id(experiment), tags=all_tags, run_name=name)
@@ -114,3 +117,23 @@ def run(name: str, params: dict[str, Any] | None = None, parent_run_id: str | No
 
 def run_metrics(run_id: str) -> dict[str, float]:
     return dict(client().get_run(run_id).data.metrics)
+
+
+def fail_orphaned_runs(experiment: str = EXPERIMENT) -> list[str]:
+    """Mark FAILED every RUNNING run whose process (PROCESS_TAG) has ended on this host: a killed command never
+    ended them. Runs of processes still running, or of other hosts, are left alone. Returns the run ids."""
+    mlflow_client = client()
+    failed, token = [], None
+    while True:
+        page = mlflow_client.search_runs([experiment_id(experiment)], "attributes.status = 'RUNNING'",
+                                         max_results=1000, page_token=token)
+        for run in page:
+            identity = run.data.tags.get(PROCESS_TAG)
+            if identity and lifetime.identity_alive(identity) is False:
+                mlflow_client.set_tag(run.info.run_id, "sqlcopilot.ended", "FAILED at a later start: its process "
+                                      "ended without ending the run (killed)")
+                mlflow_client.set_terminated(run.info.run_id, status="FAILED")
+                failed.append(run.info.run_id)
+        token = page.token
+        if not token:
+            return failed

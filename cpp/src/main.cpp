@@ -105,7 +105,9 @@ int main(int argc, char** argv) {
     const auto& manifest = runner.manifest();
     std::cerr << "sqlcopilot-runner: " << manifest.num_layers << "-layer " << manifest.dtype << " model from "
               << options.model << ", " << at::get_num_threads() << " thread(s)"
-              << ", " << runner.decode_path() << " decoding" << (runner.packed() ? ", packed weights" : "") << std::endl;
+              << ", " << runner.decode_path() << " decoding" << (runner.packed() ? ", packed weights" : "")
+              << ", checksums of " << manifest.checked_bytes << " bytes verified in " << manifest.check_ms << " ms"
+              << std::endl;
     std::string line;
     while (std::getline(std::cin, line)) {
       if (line.find_first_not_of(" \t\r") == std::string::npos) continue;

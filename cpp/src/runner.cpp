@@ -9,6 +9,7 @@
 
 #include "sqlcopilot/json.h"
 #include "sqlcopilot/kernels.h"
+#include "sqlcopilot/sha256.h"
 
 namespace sqlcopilot {
 
@@ -33,6 +34,21 @@ int64_t greedy_token(const at::Tensor& logits) { return logits.argmax(-1).item<i
 std::vector<float> float_values(const at::Tensor& logits) {
   auto flat = logits.to(torch::kFloat).contiguous().view(-1);
   return std::vector<float>(flat.data_ptr<float>(), flat.data_ptr<float>() + flat.numel());
+}
+
+// Every file the manifest lists, present with its size and sha256; returns the bytes checked.
+int64_t verify_files(const std::filesystem::path& dir, const Json& files) {
+  int64_t checked = 0;
+  for (const auto& [name, expected] : files.as_object()) {
+    const auto file = dir / name;
+    if (!std::filesystem::is_regular_file(file)) throw ManifestError(file.string() + ": listed file missing" + kRerun);
+    const auto size = static_cast<int64_t>(std::filesystem::file_size(file));
+    if (size != expected.at("bytes").as_int() || sha256_file(file) != expected.at("sha256").as_string())
+      throw ManifestError(file.string() + ": checksum differs from the manifest (the file changed after export)" +
+                          kRerun);
+    checked += size;
+  }
+  return checked;
 }
 
 }  // namespace
@@ -64,6 +80,12 @@ Manifest load_manifest(const std::filesystem::path& dir) {
       throw ManifestError(path.string() + ": dtype '" + manifest.dtype + "' is not float32 or bfloat16" + kRerun);
     if (!std::filesystem::exists(dir / manifest.graph))
       throw ManifestError((dir / manifest.graph).string() + ": graph file missing" + kRerun);
+    const Json& files = json.at("files");
+    if (!files.has(manifest.graph))
+      throw ManifestError(path.string() + ": 'files' lists no checksum of the graph " + manifest.graph + kRerun);
+    const auto start = std::chrono::steady_clock::now();
+    manifest.checked_bytes = verify_files(dir, files);
+    manifest.check_ms = elapsed_ms(start);
     return manifest;
   } catch (const JsonError& error) {
     throw ManifestError(path.string() + ": " + error.what() + kRerun);

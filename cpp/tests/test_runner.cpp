@@ -14,6 +14,7 @@
 
 #include "sqlcopilot/json.h"
 #include "sqlcopilot/runner.h"
+#include "sqlcopilot/sha256.h"
 
 namespace fs = std::filesystem;
 using sqlcopilot::Json;
@@ -52,10 +53,15 @@ fs::path manifest_dir(const std::string& name, const std::string& manifest_text)
   return dir;
 }
 
-std::string manifest_text(const std::string& format, const std::string& version) {
+// sha256 of "not a graph", the decoder.pt that manifest_dir writes
+const std::string kFakeGraphSha256 = "895e68762bdb5ab0ea5d47bb1e70087dc75c721be8bf957051796f004e80ba23";
+
+std::string manifest_text(const std::string& format, const std::string& version,
+                          const std::string& graph_sha256 = kFakeGraphSha256) {
   return "{\"format\": \"" + format + "\", \"format_version\": " + version +
          ", \"graph\": \"decoder.pt\", \"dtype\": \"float32\", \"max_seq_len\": 64, \"vocab_size\": 10,"
-         " \"eos_token_id\": 9, \"num_layers\": 1}";
+         " \"eos_token_id\": 9, \"num_layers\": 1, \"files\": {\"decoder.pt\": {\"sha256\": \"" + graph_sha256 +
+         "\", \"bytes\": 11}}}";
 }
 
 // The message of the ManifestError that loading `dir` throws (fails the test when nothing is thrown).
@@ -96,15 +102,15 @@ void json_tests() {
 
 void manifest_tests() {
   run("manifest with an unknown format_version is refused, naming the export stage", [] {
-    auto message = refusal(manifest_dir("version", manifest_text(sqlcopilot::kExportFormat, "2")));
-    check(contains(message, "format_version 2") && contains(message, "re-run the export stage"), message);
+    auto message = refusal(manifest_dir("version", manifest_text(sqlcopilot::kExportFormat, "3")));
+    check(contains(message, "format_version 3") && contains(message, "re-run the export stage"), message);
   });
   run("manifest of another format is refused", [] {
-    auto message = refusal(manifest_dir("format", manifest_text("llama.cpp", "1")));
+    auto message = refusal(manifest_dir("format", manifest_text("llama.cpp", "2")));
     check(contains(message, "llama.cpp") && contains(message, "export"), message);
   });
   run("manifest missing a field names it", [] {
-    auto message = refusal(manifest_dir("field", "{\"format\": \"sqlcopilot-export\", \"format_version\": 1}"));
+    auto message = refusal(manifest_dir("field", "{\"format\": \"sqlcopilot-export\", \"format_version\": 2}"));
     check(contains(message, "'graph'") && contains(message, "export"), message);
   });
   run("a folder without manifest is refused", [] {
@@ -112,9 +118,22 @@ void manifest_tests() {
     fs::create_directories(dir);
     check(contains(refusal(dir), "not found"), "message names the missing manifest");
   });
-  run("a valid manifest loads", [] {
-    auto manifest = sqlcopilot::load_manifest(manifest_dir("ok", manifest_text(sqlcopilot::kExportFormat, "1")));
+  run("a valid manifest loads, its files verified", [] {
+    auto manifest = sqlcopilot::load_manifest(manifest_dir("ok", manifest_text(sqlcopilot::kExportFormat, "2")));
     check(manifest.max_seq_len == 64 && manifest.eos_token_id == 9 && manifest.graph == "decoder.pt", "fields");
+    check(manifest.checked_bytes == 11, "the graph's 11 bytes checked");
+  });
+  run("a file whose checksum differs is refused, naming the file", [] {
+    const std::string other(64, '0');
+    auto message = refusal(manifest_dir("checksum", manifest_text(sqlcopilot::kExportFormat, "2", other)));
+    check(contains(message, "decoder.pt: checksum differs") && contains(message, "re-run the export stage"), message);
+  });
+  run("sha256 of known inputs", [] {
+    auto dir = manifest_dir("sha", manifest_text(sqlcopilot::kExportFormat, "2"));
+    check(sqlcopilot::sha256_file(dir / "decoder.pt") == kFakeGraphSha256, "not a graph");
+    std::ofstream(dir / "empty");
+    check(sqlcopilot::sha256_file(dir / "empty") ==
+          "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "empty file");
   });
 }
 

@@ -87,3 +87,32 @@ def test_a_file_rewritten_within_the_same_clock_tick_is_still_caught(tmp_path, w
         handle.write(b"X")
     with pytest.raises(ArtifactError, match="corrupt"):
         load_artifact(artifact.path)
+
+
+def ended_process_pid() -> int:
+    """The pid of a process that has just ended (and, being just ended, not yet reused)."""
+    import subprocess
+
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def test_staging_folders_of_ended_processes_are_removed_at_start_up(tmp_path):
+    import socket
+    import time
+
+    store = ArtifactStore(tmp_path)
+    live = store.staging("finetune", "k1")  # this process's: a run going on
+    now = time.time_ns()
+    killed = tmp_path / "prune" / f".tmp-k2-{socket.gethostname()}-{ended_process_pid()}-{now}"
+    older_name = tmp_path / "export" / f".tmp-k3-{ended_process_pid()}-{now}"  # named before the host was part of it
+    elsewhere = tmp_path / "distill" / f".tmp-k4-another-host.example-{os.getpid()}-{now}"
+    for folder in (killed, older_name, elsewhere):
+        (folder / "sub").mkdir(parents=True)
+        (folder / "sub" / "weights.bin").write_bytes(b"partial")
+    checkpoints = tmp_path / "finetune" / ".checkpoints-k1"
+    checkpoints.mkdir()
+    assert store.clean_stale_staging() == [older_name, killed]
+    assert live.is_dir() and elsewhere.is_dir() and checkpoints.is_dir()
+    assert not killed.exists() and not older_name.exists()

@@ -213,3 +213,11 @@ def test_parsed_sql_is_preferred_and_malformed_sql_is_named(db):
 def test_text_hardness_agrees_with_parsed_on_spider_dev():
     agreement, disagreements = text_agreement(load_split(SHARED_SPIDER, "dev"))
     assert agreement >= TEXT_HARDNESS_AGREEMENT_FLOOR, [(ex.index, p, t) for ex, p, t in disagreements[:10]]
+
+
+@pytest.mark.parametrize("pred", ["", "   ", "-- no idea", "/* x */", ";", "-- a\n/* b */ ;", "/* never closed"])
+def test_a_prediction_without_a_statement_is_wrong_even_where_gold_is_empty(db, pred):
+    result = execution_match(db, "SELECT name FROM singer WHERE age > 100", pred)
+    assert (result.match, result.error_kind) == (False, "empty")
+    summary = score_predictions([example(db, 0, "SELECT name FROM singer WHERE age > 100")], [pred], progress=False)
+    assert (summary["correct"], summary["errors"]["empty"]) == (0, 1)

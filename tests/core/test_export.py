@@ -96,7 +96,8 @@ def test_export_folder_holds_graph_tokenizer_and_manifest(model_dir, exported_di
     assert {p.name for p in exported_dir.iterdir()} == {"decoder.pt", "manifest.json", "tokenizer.json",
                                                          "tokenizer_config.json"}
     manifest = read_manifest(exported_dir)
-    assert manifest["format"] == "sqlcopilot-export" and manifest["format_version"] == 1
+    assert manifest["format"] == "sqlcopilot-export" and manifest["format_version"] == 2
+    assert set(manifest["files"]) == {"decoder.pt", "tokenizer.json", "tokenizer_config.json"}
     assert manifest["vocab_size"] == 258 and manifest["eos_token_id"] == 256 and manifest["pad_token_id"] == 257
     assert (manifest["max_seq_len"], manifest["dtype"], manifest["hidden_size"], manifest["head_dim"]) == \
         (96, "float32", 96, 16)
@@ -107,7 +108,7 @@ def test_export_folder_holds_graph_tokenizer_and_manifest(model_dir, exported_di
     assert load_exported(exported_dir).tokenizer().decode(prompt_ids(tiny_tokenizer(), "ok")[0]) == "ok"
 
 
-@pytest.mark.parametrize("change, message", [({"format_version": 2}, "format_version 2"),
+@pytest.mark.parametrize("change, message", [({"format_version": 1}, "format_version 1"),
                                              ({"format": "gguf"}, "format 'gguf'")])
 def test_unknown_manifest_is_refused_naming_the_export_stage(exported_dir, tmp_path, change, message):
     copy = Path(shutil.copytree(exported_dir, tmp_path / "copy"))
@@ -121,6 +122,20 @@ def test_missing_graph_is_named(exported_dir, tmp_path):
     copy = Path(shutil.copytree(exported_dir, tmp_path / "copy"))
     (copy / "decoder.pt").unlink()
     with pytest.raises(ExportError, match=r"missing file\(s\) \['decoder.pt'\]; re-run the export stage"):
+        load_exported(copy)
+
+
+def flip_one_bit(path: Path, offset_fraction: float = 0.5) -> None:
+    data = bytearray(path.read_bytes())
+    data[int(len(data) * offset_fraction)] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name", ["decoder.pt", "tokenizer.json"])
+def test_a_flipped_bit_is_refused_naming_the_file(exported_dir, tmp_path, name):
+    copy = Path(shutil.copytree(exported_dir, tmp_path / "copy"))
+    flip_one_bit(copy / name)
+    with pytest.raises(ExportError, match=f"{copy / name}: checksum differs from the manifest"):
         load_exported(copy)
 
 

@@ -1,4 +1,5 @@
 import hashlib
+import time
 import sqlite3
 
 import pytest
@@ -132,3 +133,59 @@ def test_authorizer_allows_reading_only():
     for action in (sqlite3.SQLITE_INSERT, sqlite3.SQLITE_DELETE, sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_TRANSACTION,
                    sqlite3.SQLITE_CREATE_TABLE, sqlite3.SQLITE_DROP_TABLE, sqlite3.SQLITE_ANALYZE):
         assert authorize(action, "singer", None, "main", None) == sqlite3.SQLITE_DENY
+
+
+# ---- limits that hold for a single SQLite call ----
+
+BOMB_TIMEOUT_S = 1.0
+PRINTF_BOMB = "printf('%.*c', 2000000000, 'x')"
+
+
+@pytest.mark.parametrize("sql", [
+    f"SELECT {PRINTF_BOMB}",
+    f"SELECT {PRINTF_BOMB}, {PRINTF_BOMB}, {PRINTF_BOMB}",
+    "SELECT replace(replace(hex(zeroblob(4000000)), '0', '0000000000'), '0', '0000000000')",
+    "SELECT length(replace(hex(zeroblob(5000)), '0', hex(zeroblob(50000))))",
+    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 10000) SELECT zeroblob(9e6) FROM n",
+])
+def test_single_call_bombs_stop_at_the_limit_and_are_reported(db, sql):
+    started = time.monotonic()
+    result = execute_readonly(db, sql, timeout_s=BOMB_TIMEOUT_S)
+    assert time.monotonic() - started < BOMB_TIMEOUT_S + 1
+    assert result.error_kind in ("timeout", "limit"), result
+    assert result.rows is None and result.error
+
+
+def test_a_killed_worker_is_replaced(db):
+    assert execute_readonly(db, f"SELECT {PRINTF_BOMB}", timeout_s=0.3).error_kind == "timeout"
+    assert execute_readonly(db, "SELECT count(*) FROM singer").rows == ((3,),)
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT " + " + ".join(["1"] * 300),                              # expression depth
+    "SELECT 1" + " UNION ALL SELECT 1" * 60,                           # compound selects
+    "SELECT " + ", ".join(["1"] * 600),                                # columns
+    "SELECT max(" + ", ".join(["1"] * 40) + ")",                        # function arguments
+    "SELECT 'a' LIKE '" + "%a" * 600 + "'",                             # LIKE pattern length
+    "SELECT " + ", ".join(f"?{i}" for i in range(1, 150)),             # variables
+    "SELECT '" + "x" * 200_000 + "'",                                   # SQL length
+])
+def test_sqlite_limits_are_set_on_every_connection(db, sql):
+    result = execute_readonly(db, sql)
+    assert result.error_kind == "limit", result
+
+
+# Gold queries of Spider train that fail without any limit too (a missing table, ORDER BY before INTERSECT).
+BROKEN_SPIDER_GOLD = {("train", 3153), ("train", 4513), ("train", 4514)}
+
+
+def test_every_spider_gold_query_runs_within_the_limits(shared_spider):
+    from sqlcopilot_core.spider import load_split
+
+    failures = {}
+    for split in ("dev", "train"):
+        for example in load_split(shared_spider, split):
+            result = execute_readonly(example.db_path, example.query, max_rows=1_000_000)
+            if not result.ok:
+                failures[split, example.index] = f"{example.db_id}: {result.error_kind}: {result.error}"
+    assert set(failures) == BROKEN_SPIDER_GOLD, failures

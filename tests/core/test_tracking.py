@@ -38,3 +38,27 @@ def test_a_run_always_closes(work_home):
     runs = {run_id: tracking.client().get_run(run_id) for run_id in (fine, broken, stopped)}
     assert [runs[r].info.status for r in (fine, broken, stopped)] == ["FINISHED", "FAILED", "KILLED"]
     assert runs[broken].data.tags["error"] == "ValueError: broken stage"
+
+
+def test_runs_of_a_killed_process_are_marked_failed_at_the_next_start(work_home):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = ("import os, signal\nfrom sqlcopilot_core import tracking\n"
+              "parent = tracking.start_run('full-rebuild')\ntracking.start_run('finetune', parent_run_id=parent)\n"
+              "print(parent, flush=True)\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env={**os.environ, "SQLCOPILOT_HOME": str(work_home)})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    mine = tracking.start_run("going on beside")
+    running = tracking.client().search_runs([tracking.experiment_id()], "attributes.status = 'RUNNING'")
+    assert len(running) == 3
+    failed = tracking.fail_orphaned_runs()
+    assert len(failed) == 2 and mine not in failed
+    for run_id in failed:
+        run = tracking.client().get_run(run_id)
+        assert run.info.status == "FAILED" and "killed" in run.data.tags["sqlcopilot.ended"]
+    assert tracking.client().get_run(mine).info.status == "RUNNING"
+    assert tracking.fail_orphaned_runs() == []

@@ -2,16 +2,21 @@
 
 import hashlib
 import json
+import shutil
 import sqlite3
 from pathlib import Path
 
 import pytest
 
+from tests.core.test_export import flip_one_bit
+
 from sqlcopilot_core import paths
 from sqlcopilot_core.build import build_runner, source_hash
 from sqlcopilot_cli import main
+from sqlcopilot_core.cpp_runtime import CppRunner, RunnerError
 from sqlcopilot_core.export import ExportConfig, export_model
 from sqlcopilot_core.modeling import save_model, tiny_model_and_tokenizer
+from sqlcopilot_core.sample import ensure_sample_spider
 
 CPP_DIR = Path(__file__).resolve().parents[2] / "cpp"
 pytestmark = pytest.mark.slow
@@ -65,3 +70,22 @@ def test_ask_batch_mode_and_bad_inputs(runtime, tmp_path, capsys):
         assert "re-run the export stage" in capsys.readouterr().err
     finally:
         (export_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_bit_flipped_graph_is_refused_by_the_runner_ask_and_predict(runtime, tmp_path, capsys):
+    export_dir, runner = runtime
+    flipped = Path(shutil.copytree(export_dir, tmp_path / "flipped"))
+    flip_one_bit(flipped / "decoder.pt")
+    named = f"{flipped / 'decoder.pt'}: checksum differs from the manifest"
+    with pytest.raises(RunnerError, match="code 2.*" + named):
+        with CppRunner(runner, flipped) as cpp:
+            cpp.generate([[1, 2, 3]], 2)
+    db = make_shop(tmp_path / "shop.sqlite")
+    assert main(["ask", "--model", str(flipped), "--runner", str(runner), "--db", str(db), "how many?"]) == 2
+    assert named in capsys.readouterr().err
+    spider = ensure_sample_spider()
+    assert main(["predict", "--model", str(flipped), "--runtime", "cpp", "--runner", str(runner), "--spider-dir",
+                 str(spider), "--out", str(tmp_path / "preds.jsonl"), "--limit", "1"]) == 2
+    assert named in capsys.readouterr().err and not (tmp_path / "preds.jsonl").exists()
+    with CppRunner(runner, export_dir) as cpp:  # the original still loads
+        assert len(cpp.generate([[1, 2, 3]], 2)[0][0]) >= 1

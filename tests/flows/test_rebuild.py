@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -70,7 +71,43 @@ def test_an_edited_gold_query_reruns_finetune_and_everything_after_it(work_home,
     assert {s for s in stages if second["keys"][s] != first["keys"][s]} == set(stages[1:])
 
 
-def test_killed_finetune_resumes_from_last_checkpoint(work_home):
+def child_pids(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if int(text[text.rindex(")") + 2:].split()[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def server_port(pid: int) -> int | None:
+    """The port of the temporary Prefect server (uvicorn) among the children of `pid`."""
+    for child in child_pids(pid):
+        try:
+            args = Path(f"/proc/{child}/cmdline").read_bytes().decode().split("\0")
+        except OSError:
+            continue
+        if "uvicorn" in args and "--port" in args:
+            return int(args[args.index("--port") + 1])
+    return None
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def running_runs() -> list:
+    return tracking.client().search_runs([tracking.experiment_id()], "attributes.status = 'RUNNING'")
+
+
+def test_killed_rebuild_resumes_and_leaves_nothing_behind(work_home):
+    """SIGKILL of `sqlcopilot rebuild` itself (not its process group) mid-way through fine-tuning: its temporary
+    server goes with it; the next rebuild resumes from the last checkpoint, marks the killed runs FAILED and removes
+    the killed run's staging folder."""
     env = {**os.environ, "SQLCOPILOT_HOME": str(work_home), "PREFECT_HOME": str(work_home / "prefect")}
     env.pop("PREFECT_API_URL", None)
     (work_home / "prefect").mkdir(parents=True)
@@ -87,12 +124,23 @@ def test_killed_finetune_resumes_from_last_checkpoint(work_home):
                 break
             time.sleep(0.5)
         assert process.poll() is None, "the run ended before it could be killed"
-        os.killpg(process.pid, signal.SIGKILL)
+        port = server_port(process.pid)
+        staging = list(checkpoint_root.glob(".tmp-*"))
+        os.kill(process.pid, signal.SIGKILL)
         process.wait()
+        assert port is not None and staging, "a temporary server and a staging folder while fine-tuning"
+        deadline = time.monotonic() + 15
+        while listening(port) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not listening(port), "the temporary Prefect server outlived the killed rebuild"
     finally:
-        if process.poll() is None:
+        try:  # whatever is left of the process group this test started
             os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     assert not [p for p in checkpoint_root.iterdir() if not p.name.startswith(".")], "no artifact may be committed"
+    killed_runs = {run.info.run_id for run in running_runs()}
+    assert len(killed_runs) >= 2  # the flow's run and the finetune stage's
 
     resumed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -100,3 +148,6 @@ def test_killed_finetune_resumes_from_last_checkpoint(work_home):
     metrics = load_artifact(artifact).metrics
     assert metrics["train_resumed_from_step"] >= 2 and metrics["train_steps"] == 60
     assert not list(checkpoint_root.glob(".checkpoints-*"))  # removed once the artifact is committed
+    assert not list((work_home / "artifacts").glob("*/.tmp-*"))
+    assert running_runs() == []
+    assert {tracking.client().get_run(run_id).info.status for run_id in killed_runs} == {"FAILED"}

@@ -14,7 +14,7 @@
 namespace sqlcopilot {
 
 constexpr const char* kExportFormat = "sqlcopilot-export";
-constexpr int64_t kExportFormatVersion = 1;
+constexpr int64_t kExportFormatVersion = 2;  // 2: the manifest lists every file's sha256 and size
 
 // A manifest the runner cannot use; the message names the file, the problem and the stage to re-run.
 class ManifestError : public std::runtime_error {
@@ -30,9 +30,12 @@ struct Manifest {
   int64_t vocab_size = 0;
   int64_t eos_token_id = -1;  // -1: the model has none; generation stops at the token limit only
   int64_t num_layers = 0;
+  int64_t checked_bytes = 0;  // size of the files whose checksums were verified at load
+  double check_ms = 0.0;      // time that verification took
 };
 
-// Reads and checks <dir>/manifest.json: refuses a foreign format or an unknown format_version.
+// Reads and checks <dir>/manifest.json: refuses a foreign format, an unknown format_version, and any listed file that
+// is missing or whose size or sha256 differs from the manifest (naming the file).
 Manifest load_manifest(const std::filesystem::path& dir);
 
 struct Generation {
