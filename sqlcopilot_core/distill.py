@@ -304,8 +304,9 @@ def loss_step(run: Run, batch: PackedBatch) -> tuple[torch.Tensor, dict[str, flo
     phase = phase_at(run.extra["schedule"], run.state.step)
     parts = loss_parts(run, batch, phase)
     loss, hidden_active = phase_loss(parts, phase, run.config)
-    return loss, {"kl": float(parts["kl"]), "ce": float(parts["ce"]), "hidden_active": float(hidden_active),
-                  "hidden": float(torch.stack(parts["hidden_by_layer"]).mean()), "phase": phase.index}
+    values = {"kl": parts["kl"], "ce": parts["ce"], "hidden_active": hidden_active,
+              "hidden": torch.stack(parts["hidden_by_layer"]).mean()}
+    return loss, {**{k: float(v.detach()) for k, v in values.items()}, "phase": phase.index}
 
 
 # ---- the run ----

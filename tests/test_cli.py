@@ -35,6 +35,33 @@ def test_predict_writes_what_eval_reads(work_home, tmp_path):
         e.db_id for e in load_split(ensure_sample_spider(), "dev")[:3]]
 
 
+def test_predict_uses_the_models_prompt_and_warns_about_an_override(work_home, tmp_path, recwarn):
+    from sqlcopilot_core.modeling import save_model, tiny_model_and_tokenizer
+    from sqlcopilot_core.prompting import PromptSettings, write_prompt_settings
+
+    model_dir = save_model(*tiny_model_and_tokenizer(), tmp_path / "model")
+    write_prompt_settings(model_dir, PromptSettings(max_schema_tokens=300, value_hints=2))
+    args = ["predict", "--model", str(model_dir), "--out", str(tmp_path / "p.jsonl"), "--limit", "1",
+            "--max-new-tokens", "2"]
+    assert main(args) == 0
+    assert not [w for w in recwarn if "prompt settings differ" in str(w.message)]
+    assert main(args + ["--max-schema-tokens", "200", "--prompt-form", "create_table"]) == 0
+    [warning] = [w for w in recwarn if "prompt settings differ" in str(w.message)]
+    assert "form 'compact' (model) -> 'create_table' (given)" in str(warning.message)
+    assert "max_schema_tokens 300 (model) -> 200 (given)" in str(warning.message)
+
+
+def test_schema_stats_prints_recall_and_prompt_sizes(work_home, capsys):
+    spider = ensure_sample_spider()
+    assert main(["schema-stats", "--spider-dir", str(spider), "--split", "train"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert set(stats) == {"n", "gold_table_recall", "gold_column_recall", "prompt_tokens", "truncated_share"}
+    assert stats["n"] == len(load_split(spider, "train")) and stats["gold_table_recall"] == 1.0
+    assert main(["schema-stats", "--spider-dir", str(spider), "--split", "train", "--max-schema-tokens", "40"]) == 0
+    tight = json.loads(capsys.readouterr().out)
+    assert tight["truncated_share"] > 0 and tight["prompt_tokens"]["max"] < stats["prompt_tokens"]["max"]
+
+
 # ---- bad input never ends in a traceback, never scores silently ----
 
 def gold_lines(examples, pred=None) -> list[str]:
@@ -43,7 +70,7 @@ def gold_lines(examples, pred=None) -> list[str]:
 
 
 def run_eval(spider, predictions, out, capsys) -> tuple[int, str]:
-    code = main(["eval", "--spider-dir", str(spider), "--predictions", str(predictions), "--out", str(out)])
+    code = main(["evaluate", "--spider-dir", str(spider), "--predictions", str(predictions), "--out", str(out)])
     return code, capsys.readouterr().err
 
 
@@ -111,10 +138,10 @@ def test_eval_counts_single_call_bombs_as_errors_and_stays_small(work_home, tmp_
     predictions = tmp_path / "preds.jsonl"
     predictions.write_text("\n".join([json.dumps({"pred": bomb}) for bomb in bombs]
                                      + gold_lines(dev[len(bombs):])))
-    measure = ("import resource, sys\nfrom sqlcopilot_core.cli import main\ncode = main(sys.argv[1:])\n"
+    measure = ("import resource, sys\nfrom sqlcopilot_cli import main\ncode = main(sys.argv[1:])\n"
                "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, code)\n")
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", measure, "eval", "--spider-dir", str(spider), "--predictions",
+    done = subprocess.run([sys.executable, "-c", measure, "evaluate", "--spider-dir", str(spider), "--predictions",
                            str(predictions), "--out", str(tmp_path / "out"), "--timeout", "1"],
                           capture_output=True, text=True, timeout=300)
     elapsed = time.monotonic() - started

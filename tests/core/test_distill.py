@@ -195,7 +195,7 @@ def test_shallower_student_pairs_with_the_deeper_teacher_layers(pet_examples, tm
     stats = distill(student, teacher, tokenizer, pet_examples[:2], config, tmp_path / "out")
     assert stats["mapping"]["layer_map"] == {"0": 1, "1": 3} and stats["mapping"]["projection"] == "identity"
     config = dataclasses.replace(config, schedule="layerwise", steps_per_layer=1, max_steps=2)
-    with pytest.raises(ValueError, match=r"max_steps \(2\) must exceed steps_per_layer x student layers"):
+    with pytest.raises(ValueError, match=r"the run.s 2 steps must exceed steps_per_layer x student layers"):
         distill(student, teacher, tokenizer, pet_examples[:2], config, tmp_path / "out2")
 
 

@@ -128,7 +128,7 @@ def test_summary_counts_errors_and_writes_files(db, tmp_path):
     assert set(summary["per_example"][0]) >= {"index", "db_id", "question", "gold", "pred", "match", "error_kind",
                                               "hardness"}
     table = format_summary_table(summary)
-    assert "execution accuracy 25.00% (1/4)" in table
+    assert "execution accuracy 25.00% (1/4, 95% interval 4.6-69.9%)" in table
     assert any(line.split() == ["concert", "4", "25.0"] for line in table.splitlines())
     assert any(line.split() == ["syntax", "1"] for line in table.splitlines())
     write_summary(summary, tmp_path / "out")

@@ -32,7 +32,9 @@ def test_modules_are_found_through_function_level_and_package_imports():
     # scoring during exec_guided training: evaluation -> hardness (left out of the hand-kept list it replaces)
     assert {"sqlcopilot_core.finetune", "sqlcopilot_core.training", "sqlcopilot_core.evaluation",
             "sqlcopilot_core.hardness", "sqlcopilot_core.stages", "sqlcopilot_core"} <= set(finetune)
-    assert "sqlcopilot_core.generate" in project_modules("sqlcopilot_core.stages.distill")
+    # the packed data path and the prompt, through the training recipe and the prompt module
+    assert {"sqlcopilot_core.packing", "sqlcopilot_core.schema_prompt", "sqlcopilot_core.generate"} <= set(finetune)
+    assert "sqlcopilot_core.packing" in project_modules("sqlcopilot_core.stages.distill")
     # nothing of the machinery that runs stages, nor of another stage
     for name in ("sqlcopilot_core.stage", "sqlcopilot_core.tracking", "sqlcopilot_core.export"):
         assert name not in finetune
