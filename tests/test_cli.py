@@ -138,8 +138,10 @@ def test_eval_counts_single_call_bombs_as_errors_and_stays_small(work_home, tmp_
     predictions = tmp_path / "preds.jsonl"
     predictions.write_text("\n".join([json.dumps({"pred": bomb}) for bomb in bombs]
                                      + gold_lines(dev[len(bombs):])))
-    measure = ("import resource, sys\nfrom sqlcopilot_cli import main\ncode = main(sys.argv[1:])\n"
-               "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, code)\n")
+    # VmHWM: this process's own peak (ru_maxrss would carry over the high-water mark of the process that forked it)
+    measure = ("import re, sys\nfrom sqlcopilot_cli import main\ncode = main(sys.argv[1:])\n"
+               "peak = re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read()).group(1)\n"
+               "print('maxrss_kb', peak, code)\n")
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-c", measure, "evaluate", "--spider-dir", str(spider), "--predictions",
                            str(predictions), "--out", str(tmp_path / "out"), "--timeout", "1"],
