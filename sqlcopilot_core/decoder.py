@@ -57,13 +57,37 @@ class DecoderLayer(nn.Module):
         if seq == 1:
             attn = self.attend_one(qk.narrow(1, 0, self.heads), keys[0], values[0])
         else:
-            # A prefill starts at position 0, so its causal mask is the plain lower triangle. Inputs are 4-d and
-            # contiguous as transformers passes them: the bfloat16 kernel rounds differently otherwise.
+            # Inputs are 4-d and contiguous as transformers passes them: the bfloat16 kernel rounds differently
+            # otherwise. A prefill from position 0 has the plain lower triangle as causal mask; one on top of a
+            # cached prefix lets row i (position pos + i) see positions 0 .. pos + i.
             q = qk.narrow(1, 0, self.heads).transpose(0, 1).unsqueeze(0).contiguous()
-            attn = F.scaled_dot_product_attention(q, keys.contiguous(), values.contiguous(), is_causal=True,
-                                                  scale=self.scale, enable_gqa=self.heads != self.kv_heads)
+            if pos == 0:
+                attn = F.scaled_dot_product_attention(q, keys.contiguous(), values.contiguous(), is_causal=True,
+                                                      scale=self.scale, enable_gqa=self.heads != self.kv_heads)
+            else:
+                mask = torch.ones([seq, pos + seq], dtype=torch.bool).tril(pos)
+                attn = F.scaled_dot_product_attention(q, keys.contiguous(), values.contiguous(), attn_mask=mask,
+                                                      scale=self.scale, enable_gqa=self.heads != self.kv_heads)
             attn = attn[0].transpose(0, 1)
-        x = x + linear(attn.reshape(seq, self.heads * self.head_dim), self.out)
+        return self.mlp(x + linear(attn.reshape(seq, self.heads * self.head_dim), self.out))
+
+    def step_beams(self, x: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_cache: Tensor, k_beams: Tensor,
+                   v_beams: Tensor, prompt_len: int, pos: int) -> Tensor:
+        """One token per beam row x [rows, hidden], all at position `pos`: keys and values go to slot
+        pos - prompt_len of the rows' own caches [rows+, kv_heads, capacity, head_dim]; each row attends over the
+        shared prompt positions 0 .. prompt_len - 1 and its own slots 0 .. pos - prompt_len."""
+        rows, slot = x.size(0), pos - prompt_len
+        qkv = linear(rms_norm(x, self.attn_norm, self.eps), self.qkv)
+        qkv = qkv.view(rows, self.heads + 2 * self.kv_heads, self.head_dim)
+        qk = rotate(qkv.narrow(1, 0, self.heads + self.kv_heads), cos, sin)
+        k_beams.narrow(0, 0, rows).select(2, slot).copy_(qk.narrow(1, self.heads, self.kv_heads))
+        v_beams.narrow(0, 0, rows).select(2, slot).copy_(qkv.narrow(1, self.heads + self.kv_heads, self.kv_heads))
+        attn = self.attend_beams(qk.narrow(1, 0, self.heads), k_cache[0].narrow(1, 0, prompt_len),
+                                 v_cache[0].narrow(1, 0, prompt_len), k_beams.narrow(0, 0, rows).narrow(2, 0, slot + 1),
+                                 v_beams.narrow(0, 0, rows).narrow(2, 0, slot + 1))
+        return self.mlp(x + linear(attn.reshape(rows, self.heads * self.head_dim), self.out))
+
+    def mlp(self, x: Tensor) -> Tensor:
         gate_up = linear(rms_norm(x, self.mlp_norm, self.eps), self.gate_up)
         return x + linear(F.silu(gate_up.narrow(1, 0, self.width)) * gate_up.narrow(1, self.width, self.width),
                           self.down)
@@ -75,6 +99,23 @@ class DecoderLayer(nn.Module):
         scores = torch.matmul(q, keys.float().transpose(1, 2)) * self.scale
         attn = torch.matmul(scores.softmax(-1), values.float())
         return attn.to(keys.dtype).view(1, self.heads, self.head_dim)
+
+    def attend_beams(self, q: Tensor, keys: Tensor, values: Tensor, own_keys: Tensor, own_values: Tensor) -> Tensor:
+        """Row n's query q[n] [heads, head_dim] over the shared prompt keys [kv_heads, P, head_dim] (read once for
+        all rows) and its own keys own_keys[n] [kv_heads, L, head_dim], one softmax over both, in float32."""
+        rows, group = q.size(0), self.heads // self.kv_heads
+        q = q.reshape(rows, self.kv_heads, group, self.head_dim).float()
+        shared = torch.matmul(q.transpose(0, 1).reshape(self.kv_heads, rows * group, self.head_dim),
+                              keys.float().transpose(1, 2))
+        shared = shared.view(self.kv_heads, rows, group, -1).transpose(0, 1)
+        own = torch.matmul(q, own_keys.float().transpose(2, 3))
+        weights = (torch.cat([shared, own], -1) * self.scale).softmax(-1)
+        prompt_len = keys.size(1)
+        from_prompt = torch.matmul(weights.narrow(3, 0, prompt_len).transpose(0, 1).reshape(
+            self.kv_heads, rows * group, prompt_len), values.float())
+        attn = from_prompt.view(self.kv_heads, rows, group, self.head_dim).transpose(0, 1) + torch.matmul(
+            weights.narrow(3, prompt_len, own_keys.size(2)), own_values.float())
+        return attn.to(keys.dtype).reshape(rows, self.heads, self.head_dim)
 
 
 class Decoder(nn.Module):
@@ -142,6 +183,41 @@ class Decoder(nn.Module):
         return self.run(F.embedding(input_ids[0], self.embed), 0, caches)
 
     @torch.jit.export
+    def prefill_at(self, input_ids: Tensor, pos: int, caches: List[Tensor]) -> Tensor:
+        """Logits [1, vocab] after input_ids [1, T] at positions pos..pos+T-1, on top of cache positions 0..pos-1
+        (a cached prompt prefix); fills those T positions."""
+        return self.run(F.embedding(input_ids[0], self.embed), pos, caches)
+
+    @torch.jit.export
+    def new_beam_caches(self, rows: int, capacity: int) -> List[Tensor]:
+        """Zeroed per-beam key and value caches, [rows, kv_heads, capacity, head_dim] per layer (k0, v0, k1, ...):
+        the tokens each beam generated, beside the prompt's cache that all beams share."""
+        caches: List[Tensor] = []
+        for layer in self.layers:
+            for _ in range(2):
+                caches.append(self.cos.new_zeros([rows, layer.kv_heads, capacity, layer.head_dim]))
+        return caches
+
+    @torch.jit.export
+    def decode_beams(self, tokens: Tensor, pos: int, prompt_len: int, caches: List[Tensor],
+                     beam_caches: List[Tensor]) -> Tensor:
+        """Logits [N, vocab] after feeding tokens[n] (N beams) at position `pos`: every row attends over the shared
+        prompt cache positions 0..prompt_len-1 in `caches` and its own row of `beam_caches`, slots
+        0..pos-prompt_len (the last one written here). The weights are read once for all N rows."""
+        rows = tokens.size(0)
+        if pos >= self.max_seq_len or pos < prompt_len:
+            raise ValueError(f"position {pos} is outside the cache of {self.max_seq_len} (prompt {prompt_len})")
+        if rows > beam_caches[0].size(0) or pos - prompt_len >= beam_caches[0].size(2):
+            raise ValueError(f"{rows} beams at slot {pos - prompt_len} do not fit beam caches of shape "
+                             f"{beam_caches[0].shape}")
+        x = F.embedding(tokens, self.embed)
+        cos, sin = self.cos.narrow(0, pos, 1).unsqueeze(1), self.sin.narrow(0, pos, 1).unsqueeze(1)
+        for index, layer in enumerate(self.layers):
+            x = layer.step_beams(x, cos, sin, caches[2 * index], caches[2 * index + 1], beam_caches[2 * index],
+                                 beam_caches[2 * index + 1], prompt_len, pos)
+        return linear(rms_norm(x, self.norm, self.eps), self.lm_head)
+
+    @torch.jit.export
     def decode_step(self, token: int, pos: int, caches: List[Tensor]) -> Tensor:
         """Logits [1, vocab] after feeding `token` at position `pos`; writes that cache position."""
         return self.run(self.embed.narrow(0, token, 1), pos, caches)
@@ -160,20 +236,61 @@ class Decoder(nn.Module):
         return self.prefill(input_ids, self.new_caches())
 
 
-def greedy_generate(decoder, input_ids: Tensor, max_new_tokens: int, eos_token_id: int = -1) -> list[int]:
+def greedy_generate(decoder, input_ids: Tensor, max_new_tokens: int, eos_token_id: int = -1,
+                    stop_ids: frozenset[int] = frozenset()) -> list[int]:
     """Greedy continuation of input_ids [1, T] by a Decoder or its TorchScript module: the new token ids, stopping
-    after `eos_token_id`, the token limit or the cache length (the C++ runner follows the same rule)."""
+    after `eos_token_id` or a token of `stop_ids` (both kept), the token limit or the cache length (the C++ runner
+    follows the same rule)."""
     caches = decoder.new_caches()
     logits = decoder.prefill(input_ids, caches)
     tokens: list[int] = []
     pos = input_ids.size(1)
     while len(tokens) < max_new_tokens:
         tokens.append(int(logits.argmax(-1)))
-        if tokens[-1] == eos_token_id or pos >= decoder.max_seq_len:
+        if tokens[-1] == eos_token_id or tokens[-1] in stop_ids or pos >= decoder.max_seq_len:
             break
         logits = decoder.decode_step(tokens[-1], pos, caches)
         pos += 1
     return tokens
+
+
+def beam_generate(decoder, input_ids: Tensor, num_beams: int, max_new_tokens: int, eos_token_id: int = -1,
+                  stop_ids: frozenset[int] = frozenset(), prefix_len: int = 0) -> list:
+    """Beam candidates (sqlcopilot_core.beams.Candidate, best first) after input_ids [1, T] by a Decoder or its
+    TorchScript module, the way the C++ runner decodes them: the prompt's cache is computed once and shared, each
+    beam keeps its generated tokens' keys and values in its row of the beam caches, reordered by parent each step,
+    and one `decode_beams` call advances all beams. `prefix_len` > 0 prefills input_ids[:prefix_len] first and the
+    rest on top (as the runner does with a cached prefix). A full cache ends decoding as the token limit does."""
+    from sqlcopilot_core.beams import beam_search
+
+    prompt_len = input_ids.size(1)
+    caches = decoder.new_caches()
+    if 0 < prefix_len < prompt_len:
+        decoder.prefill_at(input_ids[:, :prefix_len], 0, caches)
+        first = decoder.prefill_at(input_ids[:, prefix_len:], prefix_len, caches)
+    else:
+        first = decoder.prefill(input_ids, caches)
+    limit = min(max_new_tokens, decoder.max_seq_len - prompt_len + 1)
+    beam_caches = decoder.new_beam_caches(num_beams, max(1, limit - 1))
+    fed = 0  # tokens each beam has in its cache
+
+    def step(tokens: list[int], parents: list[int]) -> Tensor:
+        nonlocal fed
+        reorder_beam_caches(beam_caches, parents, fed)
+        logits = decoder.decode_beams(torch.tensor(tokens), prompt_len + fed, prompt_len, caches, beam_caches)
+        fed += 1
+        return logits
+
+    return beam_search(first, step, num_beams, limit, eos_token_id if eos_token_id >= 0 else None,
+                       frozenset(stop_ids))
+
+
+def reorder_beam_caches(beam_caches: list[Tensor], parents: list[int], length: int) -> None:
+    """Row j of every beam cache becomes a copy of row parents[j] (slots 0..length-1, all that is written)."""
+    index = torch.tensor(parents)
+    for cache in beam_caches:
+        filled = cache.narrow(2, 0, length)
+        filled.narrow(0, 0, len(parents)).copy_(filled.index_select(0, index))
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:

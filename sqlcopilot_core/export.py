@@ -1,7 +1,7 @@
 """Export stage core: compile a model folder's decoder to TorchScript, prove it matches transformers, describe it.
 
 An export folder holds the graph (decoder.pt), the tokenizer files copied from the model folder and manifest.json
-(format "sqlcopilot-export", format_version 1), which the C++ runner reads. All torch.jit use lives in this module.
+(format "sqlcopilot-export", format_version 3), which the C++ runner reads. All torch.jit use lives in this module.
 
     python -m sqlcopilot_core.export work/smollm2_base work/export_smollm2 --dtype bfloat16
 """
@@ -20,10 +20,13 @@ from tqdm import tqdm
 
 from sqlcopilot_core.artifacts import file_checksums, sha256_file
 from sqlcopilot_core.config import ConfigError, config_to_dict
-from sqlcopilot_core.decoder import Decoder, greedy_generate
+from sqlcopilot_core.generate import statement_end_ids
+from sqlcopilot_core.decoder import Decoder, beam_generate, greedy_generate
 
 FORMAT = "sqlcopilot-export"
-FORMAT_VERSION = 2  # 2: "files" lists the sha256 and size of every file, checked by every loader
+FORMAT_VERSION = 3  # 2: "files" lists the sha256 and size of every file, checked by every loader;
+                    # 3: "stop_token_ids", the tokens that end a statement (generate.statement_end_ids)
+READABLE_VERSIONS = (2, 3)  # a version-2 manifest reads as one without stop tokens
 GRAPH_FILE = "decoder.pt"
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
@@ -99,6 +102,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, config: ExportConfi
         "layers": layer_shapes(model), "tied_embeddings": decoder.lm_head.data_ptr() == decoder.embed.data_ptr(),
         "eos_token_id": _token_id(tokenizer.eos_token_id, model.config.eos_token_id),
         "pad_token_id": _token_id(tokenizer.pad_token_id, model.config.pad_token_id),
+        "stop_token_ids": sorted(statement_end_ids(tokenizer)),
         "tokenizer_files": tokenizer_files, "config": config_to_dict(config),
         "source_model": str(model_dir), "torch_version": torch.__version__, "parity": parity,
     }
@@ -164,6 +168,7 @@ class ExportedModel:
         self.module, self.dir, self.manifest = module, export_dir, manifest or {}
         self.max_seq_len = module.max_seq_len
         self.eos_token_id = self.manifest.get("eos_token_id", -1)
+        self.stop_token_ids = frozenset(self.manifest.get("stop_token_ids", ()))
 
     def new_caches(self) -> list[torch.Tensor]:
         return self.module.new_caches()
@@ -176,12 +181,35 @@ class ExportedModel:
         with torch.jit.optimized_execution(False):
             return self.module.decode_step(token, pos, caches)
 
-    def generate_exported(self, input_ids: torch.Tensor | list[int], max_new_tokens: int) -> list[int]:
-        """Greedy new tokens after input_ids ([1, T] tensor or list), stopping at end-of-sequence or the limit."""
+    def prefill_at(self, input_ids: torch.Tensor, pos: int, caches: list[torch.Tensor]) -> torch.Tensor:
+        with torch.jit.optimized_execution(False):
+            return self.module.prefill_at(input_ids, pos, caches)
+
+    def new_beam_caches(self, rows: int, capacity: int) -> list[torch.Tensor]:
+        return self.module.new_beam_caches(rows, capacity)
+
+    def decode_beams(self, tokens: torch.Tensor, pos: int, prompt_len: int, caches: list[torch.Tensor],
+                     beam_caches: list[torch.Tensor]) -> torch.Tensor:
+        with torch.jit.optimized_execution(False):
+            return self.module.decode_beams(tokens, pos, prompt_len, caches, beam_caches)
+
+    def generate_exported(self, input_ids: torch.Tensor | list[int], max_new_tokens: int,
+                          stop_ids: frozenset[int] = frozenset()) -> list[int]:
+        """Greedy new tokens after input_ids ([1, T] tensor or list), stopping at end-of-sequence, a token of
+        `stop_ids` or the limit."""
         ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(1, -1)
         self._check_length(ids)
         with torch.inference_mode():
-            return greedy_generate(self, ids, max_new_tokens, self.eos_token_id)
+            return greedy_generate(self, ids, max_new_tokens, self.eos_token_id, stop_ids)
+
+    def beams_exported(self, input_ids: torch.Tensor | list[int], num_beams: int, max_new_tokens: int,
+                       stop_ids: frozenset[int] = frozenset(), stop_at_eos: bool = True, prefix_len: int = 0) -> list:
+        """Beam candidates (beams.Candidate, best first) after input_ids, as the C++ runner computes them."""
+        ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(1, -1)
+        self._check_length(ids)
+        with torch.inference_mode():
+            return beam_generate(self, ids, num_beams, max_new_tokens, self.eos_token_id if stop_at_eos else -1,
+                                 stop_ids, prefix_len)
 
     def generate_with_logits(self, input_ids: torch.Tensor, max_new_tokens: int) -> tuple[list[int], torch.Tensor]:
         """Greedy new tokens (not stopping at end-of-sequence) and the logits [n, vocab] each was chosen from."""
@@ -227,9 +255,9 @@ def read_manifest(export_dir: str | Path, check_graph: bool = True) -> dict:
         raise ExportError(f"{path}: invalid JSON ({exc}); re-run the export stage") from None
     if manifest.get("format") != FORMAT:
         raise ExportError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r}; re-run the export stage")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
         raise ExportError(f"{path}: format_version {manifest.get('format_version')!r} is not understood (this code "
-                          f"reads version {FORMAT_VERSION}); re-run the export stage")
+                          f"reads versions {', '.join(map(str, READABLE_VERSIONS))}); re-run the export stage")
     missing_keys = [k for k in ("graph", "max_seq_len", "eos_token_id", "vocab_size", "dtype", "tokenizer_files",
                                 "files") if k not in manifest]
     if missing_keys:

@@ -64,10 +64,10 @@ Manifest load_manifest(const std::filesystem::path& dir) {
     if (format != kExportFormat)
       throw ManifestError(path.string() + ": format '" + format + "' is not '" + kExportFormat + "'" + kRerun);
     const int64_t version = json.at("format_version").as_int();
-    if (version != kExportFormatVersion)
+    if (version < kOldestReadableVersion || version > kExportFormatVersion)
       throw ManifestError(path.string() + ": format_version " + std::to_string(version) +
-                          " is not understood (this runner reads version " + std::to_string(kExportFormatVersion) +
-                          ")" + kRerun);
+                          " is not understood (this runner reads versions " + std::to_string(kOldestReadableVersion) +
+                          " to " + std::to_string(kExportFormatVersion) + ")" + kRerun);
     Manifest manifest;
     manifest.dir = dir;
     manifest.graph = json.at("graph").as_string();
@@ -76,6 +76,8 @@ Manifest load_manifest(const std::filesystem::path& dir) {
     manifest.vocab_size = json.at("vocab_size").as_int();
     manifest.eos_token_id = json.at("eos_token_id").as_int();
     manifest.num_layers = json.at("num_layers").as_int();
+    if (version >= 3)
+      for (const Json& id : json.at("stop_token_ids").as_array()) manifest.stop_token_ids.push_back(id.as_int());
     if (manifest.dtype != "float32" && manifest.dtype != "bfloat16")
       throw ManifestError(path.string() + ": dtype '" + manifest.dtype + "' is not float32 or bfloat16" + kRerun);
     if (!std::filesystem::exists(dir / manifest.graph))

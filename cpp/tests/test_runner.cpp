@@ -60,7 +60,7 @@ std::string manifest_text(const std::string& format, const std::string& version,
                           const std::string& graph_sha256 = kFakeGraphSha256) {
   return "{\"format\": \"" + format + "\", \"format_version\": " + version +
          ", \"graph\": \"decoder.pt\", \"dtype\": \"float32\", \"max_seq_len\": 64, \"vocab_size\": 10,"
-         " \"eos_token_id\": 9, \"num_layers\": 1, \"files\": {\"decoder.pt\": {\"sha256\": \"" + graph_sha256 +
+         " \"eos_token_id\": 9, \"num_layers\": 1, \"stop_token_ids\": [3, 5], \"files\": {\"decoder.pt\": {\"sha256\": \"" + graph_sha256 +
          "\", \"bytes\": 11}}}";
 }
 
@@ -102,8 +102,8 @@ void json_tests() {
 
 void manifest_tests() {
   run("manifest with an unknown format_version is refused, naming the export stage", [] {
-    auto message = refusal(manifest_dir("version", manifest_text(sqlcopilot::kExportFormat, "3")));
-    check(contains(message, "format_version 3") && contains(message, "re-run the export stage"), message);
+    auto message = refusal(manifest_dir("version", manifest_text(sqlcopilot::kExportFormat, "4")));
+    check(contains(message, "format_version 4") && contains(message, "re-run the export stage"), message);
   });
   run("manifest of another format is refused", [] {
     auto message = refusal(manifest_dir("format", manifest_text("llama.cpp", "2")));
@@ -119,8 +119,9 @@ void manifest_tests() {
     check(contains(refusal(dir), "not found"), "message names the missing manifest");
   });
   run("a valid manifest loads, its files verified", [] {
-    auto manifest = sqlcopilot::load_manifest(manifest_dir("ok", manifest_text(sqlcopilot::kExportFormat, "2")));
+    auto manifest = sqlcopilot::load_manifest(manifest_dir("ok", manifest_text(sqlcopilot::kExportFormat, "3")));
     check(manifest.max_seq_len == 64 && manifest.eos_token_id == 9 && manifest.graph == "decoder.pt", "fields");
+    check(manifest.stop_token_ids == std::vector<int64_t>{3, 5}, "stop token ids");
     check(manifest.checked_bytes == 11, "the graph's 11 bytes checked");
   });
   run("a file whose checksum differs is refused, naming the file", [] {

@@ -14,7 +14,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from sqlcopilot_core.config import ConfigError
-from sqlcopilot_core.decoder import Decoder, greedy_generate
+from sqlcopilot_core.decoder import Decoder, greedy_generate, reorder_beam_caches
 from sqlcopilot_core.export import ExportConfig, ExportError, export_model, hf_greedy, load_exported, read_manifest
 from sqlcopilot_core.modeling import apply_layer_shapes, load_model, save_model, tiny_config, tiny_tokenizer
 
@@ -84,6 +84,29 @@ def test_decoder_logits_equal_transformers_at_every_step(model_dir, packed):
         assert len(set(tokens)) > 3, "the tiny model should not repeat one token"
 
 
+@pytest.mark.parametrize("shapes", [None, PRUNED_SHAPES])
+def test_prefix_prefill_and_beam_rows_equal_the_one_row_graph(tmp_path, shapes):
+    """prefill_at on top of a prefix gives the full prefill's logits and cache; decode_beams gives every row the
+    logits decode_step gives one row, whatever the parent order of the beam caches."""
+    decoder = torch.jit.script(Decoder.from_folder(make_model_folder(tmp_path / "model", shapes, seed=1), 64))
+    ids = torch.randint(0, 250, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        full, split = decoder.new_caches(), decoder.new_caches()
+        logits = decoder.prefill(ids, full)
+        decoder.prefill_at(ids[:, :5], 0, split)
+        assert (decoder.prefill_at(ids[:, 5:], 5, split) - logits).abs().max() < 1e-5
+        assert max((a - b).abs().max().item() for a, b in zip(full, split)) < 1e-5
+        tokens, expected, caches = [int(logits.argmax())], [], [c.clone() for c in full]
+        for pos in range(12, 18):
+            expected.append(decoder.decode_step(tokens[-1], pos, caches))
+            tokens.append(int(expected[-1].argmax()))
+        beam_caches = decoder.new_beam_caches(3, 8)
+        for fed, pos in enumerate(range(12, 18)):
+            reorder_beam_caches(beam_caches, [0, 0, 0] if fed == 0 else [2, 0, 1], fed)
+            rows = decoder.decode_beams(torch.tensor([tokens[fed]] * 3), pos, 12, full, beam_caches)
+            assert rows.shape == (3, 258) and (rows - expected[fed]).abs().max() < 1e-4
+
+
 def test_export_greedy_equals_transformers_greedy(model_dir, exported_dir):
     model, tokenizer = load_model(model_dir)
     exported = load_exported(exported_dir)
@@ -96,7 +119,10 @@ def test_export_folder_holds_graph_tokenizer_and_manifest(model_dir, exported_di
     assert {p.name for p in exported_dir.iterdir()} == {"decoder.pt", "manifest.json", "tokenizer.json",
                                                          "tokenizer_config.json"}
     manifest = read_manifest(exported_dir)
-    assert manifest["format"] == "sqlcopilot-export" and manifest["format_version"] == 2
+    assert manifest["format"] == "sqlcopilot-export" and manifest["format_version"] == 3
+    tokenizer = tiny_tokenizer()
+    assert tokenizer.convert_tokens_to_ids(";") in manifest["stop_token_ids"]
+    assert all(";" in tokenizer.decode([i]) or "\n\n" in tokenizer.decode([i]) for i in manifest["stop_token_ids"])
     assert set(manifest["files"]) == {"decoder.pt", "tokenizer.json", "tokenizer_config.json"}
     assert manifest["vocab_size"] == 258 and manifest["eos_token_id"] == 256 and manifest["pad_token_id"] == 257
     assert (manifest["max_seq_len"], manifest["dtype"], manifest["hidden_size"], manifest["head_dim"]) == \

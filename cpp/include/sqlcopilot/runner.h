@@ -14,7 +14,9 @@
 namespace sqlcopilot {
 
 constexpr const char* kExportFormat = "sqlcopilot-export";
-constexpr int64_t kExportFormatVersion = 2;  // 2: the manifest lists every file's sha256 and size
+// 2: the manifest lists every file's sha256 and size; 3: "stop_token_ids", the tokens that end a statement.
+constexpr int64_t kExportFormatVersion = 3;
+constexpr int64_t kOldestReadableVersion = 2;  // a version-2 manifest reads as one without stop tokens
 
 // A manifest the runner cannot use; the message names the file, the problem and the stage to re-run.
 class ManifestError : public std::runtime_error {
@@ -30,6 +32,7 @@ struct Manifest {
   int64_t vocab_size = 0;
   int64_t eos_token_id = -1;  // -1: the model has none; generation stops at the token limit only
   int64_t num_layers = 0;
+  std::vector<int64_t> stop_token_ids;  // tokens whose text ends a statement (';' or a blank line)
   int64_t checked_bytes = 0;  // size of the files whose checksums were verified at load
   double check_ms = 0.0;      // time that verification took
 };
