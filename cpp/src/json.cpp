@@ -227,8 +227,10 @@ std::string Json::dump() const {
       char buffer[32];
       if (std::floor(number_) == number_ && std::fabs(number_) < 1e15)
         std::snprintf(buffer, sizeof buffer, "%.0f", number_);
-      else
+      else if (static_cast<double>(static_cast<float>(number_)) == number_)
         std::snprintf(buffer, sizeof buffer, "%.9g", number_);  // enough digits to round-trip a float32
+      else
+        std::snprintf(buffer, sizeof buffer, "%.17g", number_);  // and a double (beam scores)
       return buffer;
     }
     case Type::String: return json_escape(string_);

@@ -26,31 +26,47 @@ inline float round_to<float>(float v) { return v; }
 template <>
 inline bf16 round_to<bf16>(float v) { return bf16(v); }  // round to nearest even, as PyTorch does
 
-// ---- matrix-vector products y = W x, W [rows, cols] row-major ----------------------------------------------------
+// ---- matrix products y[n] = W x[n] for up to kMaxRows vectors x[n], W [rows, cols] row-major --------------------
 //
-// Each thread takes one contiguous block of rows and reads it front to back, one row at a time with four independent
-// accumulators: a single sequential stream per core is what the memory system serves fastest (measured here: about
-// 12% faster than four interleaved row streams). The hardware prefetchers follow such a stream on their own;
-// software prefetches 1 KiB ahead made it 12-15% slower in a streaming microbenchmark here (2026-12-02).
+// Each thread takes one contiguous block of rows and reads it front to back, one row at a time: a single sequential
+// stream per core is what the memory system serves fastest (measured here: about 12% faster than four interleaved
+// row streams). The hardware prefetchers follow such a stream on their own; software prefetches 1 KiB ahead made it
+// 12-15% slower in a streaming microbenchmark here (2026-12-02). A row is read from memory once for all vectors
+// (beams): up to four vectors at a time from registers, the next four from the L1 copy. Per vector the sum runs
+// in the one-vector order (four accumulators over 64-wide steps), so a row's result is the same bits whether it is
+// computed alone or beside other beams.
 
-__attribute__((target("avx512f"))) void gemv_rows_f32(const float* w, const float* x, float* y, int64_t begin,
-                                                      int64_t end, int64_t cols) {
-  const int64_t full = cols / 16 * 16;
+template <int G>
+__attribute__((target("avx512f"))) inline void dot_row_f32(const float* row, const float* x, int64_t x_stride,
+                                                           float* y, int64_t y_stride, int64_t full, int64_t cols) {
   const __mmask16 tail = static_cast<__mmask16>((1u << (cols - full)) - 1u);
-  for (int64_t r = begin; r < end; ++r) {
-    const float* row = w + r * cols;
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
-    int64_t k = 0;
-    for (; k + 64 <= full; k += 64) {
-      a0 = _mm512_fmadd_ps(_mm512_loadu_ps(row + k), _mm512_loadu_ps(x + k), a0);
-      a1 = _mm512_fmadd_ps(_mm512_loadu_ps(row + k + 16), _mm512_loadu_ps(x + k + 16), a1);
-      a2 = _mm512_fmadd_ps(_mm512_loadu_ps(row + k + 32), _mm512_loadu_ps(x + k + 32), a2);
-      a3 = _mm512_fmadd_ps(_mm512_loadu_ps(row + k + 48), _mm512_loadu_ps(x + k + 48), a3);
+  __m512 a[G][4];
+  for (int g = 0; g < G; ++g)
+    for (int j = 0; j < 4; ++j) a[g][j] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 64 <= full; k += 64) {
+    const __m512 w0 = _mm512_loadu_ps(row + k), w1 = _mm512_loadu_ps(row + k + 16);
+    const __m512 w2 = _mm512_loadu_ps(row + k + 32), w3 = _mm512_loadu_ps(row + k + 48);
+    for (int g = 0; g < G; ++g) {
+      const float* v = x + g * x_stride + k;
+      a[g][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(v), a[g][0]);
+      a[g][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(v + 16), a[g][1]);
+      a[g][2] = _mm512_fmadd_ps(w2, _mm512_loadu_ps(v + 32), a[g][2]);
+      a[g][3] = _mm512_fmadd_ps(w3, _mm512_loadu_ps(v + 48), a[g][3]);
     }
-    for (; k < full; k += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(row + k), _mm512_loadu_ps(x + k), a0);
-    if (tail) a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, row + full), _mm512_maskz_loadu_ps(tail, x + full), a0);
-    y[r] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
   }
+  for (; k < full; k += 16) {
+    const __m512 w = _mm512_loadu_ps(row + k);
+    for (int g = 0; g < G; ++g) a[g][0] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x + g * x_stride + k), a[g][0]);
+  }
+  if (tail) {
+    const __m512 w = _mm512_maskz_loadu_ps(tail, row + full);
+    for (int g = 0; g < G; ++g)
+      a[g][0] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(tail, x + g * x_stride + full), a[g][0]);
+  }
+  for (int g = 0; g < G; ++g)
+    y[g * y_stride] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[g][0], a[g][1]),
+                                                         _mm512_add_ps(a[g][2], a[g][3])));
 }
 
 #define SQLCOPILOT_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
@@ -62,31 +78,63 @@ SQLCOPILOT_BF16_TARGET inline __m512 dot(__m512 acc, __m512i a, __m512i b) {
 
 // bfloat16 weights and input, float32 accumulation (VDPBF16PS multiplies pairs exactly and adds in float32), the
 // result rounded to bfloat16 like oneDNN's bfloat16 matmul output.
-SQLCOPILOT_BF16_TARGET void gemv_rows_bf16(const bf16* w, const bf16* x, bf16* y, int64_t begin, int64_t end,
-                                           int64_t cols) {
-  const int64_t full = cols / 32 * 32;
+template <int G>
+SQLCOPILOT_BF16_TARGET inline void dot_row_bf16(const bf16* row, const bf16* x, int64_t x_stride, bf16* y,
+                                                int64_t y_stride, int64_t full, int64_t cols) {
   const __mmask32 tail = static_cast<__mmask32>((cols - full) == 0 ? 0u : ((1ull << (cols - full)) - 1ull));
-  for (int64_t r = begin; r < end; ++r) {
-    const bf16* row = w + r * cols;
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
-    int64_t k = 0;
-    for (; k + 128 <= full; k += 128) {
-      a0 = dot(a0, load(row + k), load(x + k));
-      a1 = dot(a1, load(row + k + 32), load(x + k + 32));
-      a2 = dot(a2, load(row + k + 64), load(x + k + 64));
-      a3 = dot(a3, load(row + k + 96), load(x + k + 96));
+  __m512 a[G][4];
+  for (int g = 0; g < G; ++g)
+    for (int j = 0; j < 4; ++j) a[g][j] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 128 <= full; k += 128) {
+    const __m512i w0 = load(row + k), w1 = load(row + k + 32), w2 = load(row + k + 64), w3 = load(row + k + 96);
+    for (int g = 0; g < G; ++g) {
+      const bf16* v = x + g * x_stride + k;
+      a[g][0] = dot(a[g][0], w0, load(v));
+      a[g][1] = dot(a[g][1], w1, load(v + 32));
+      a[g][2] = dot(a[g][2], w2, load(v + 64));
+      a[g][3] = dot(a[g][3], w3, load(v + 96));
     }
-    for (; k < full; k += 32) a0 = dot(a0, load(row + k), load(x + k));
-    if (tail) a0 = dot(a0, _mm512_maskz_loadu_epi16(tail, row + full), _mm512_maskz_loadu_epi16(tail, x + full));
-    y[r] = bf16(_mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3))));
   }
+  for (; k < full; k += 32) {
+    const __m512i w = load(row + k);
+    for (int g = 0; g < G; ++g) a[g][0] = dot(a[g][0], w, load(x + g * x_stride + k));
+  }
+  if (tail) {
+    const __m512i w = _mm512_maskz_loadu_epi16(tail, row + full);
+    for (int g = 0; g < G; ++g)
+      a[g][0] = dot(a[g][0], w, _mm512_maskz_loadu_epi16(tail, x + g * x_stride + full));
+  }
+  for (int g = 0; g < G; ++g)
+    y[g * y_stride] = bf16(_mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[g][0], a[g][1]),
+                                                              _mm512_add_ps(a[g][2], a[g][3]))));
 }
 
-void gemv_rows(const float* w, const float* x, float* y, int64_t begin, int64_t end, int64_t cols) {
-  gemv_rows_f32(w, x, y, begin, end, cols);
+// y[n][r] = W[r] . x[n] for weight rows [begin, end) and vectors n < count (x[n] = x + n * x_stride, likewise y).
+#define SQLCOPILOT_ROWS_TIMES_VECTORS(DOT, WIDTH)                                   \
+  const int64_t full = cols / (WIDTH) * (WIDTH);                                   \
+  for (int64_t r = begin; r < end; ++r) {                                          \
+    const auto* row = w + r * cols;                                                \
+    for (int64_t n = 0; n < count; n += 4) {                                       \
+      const auto* v = x + n * x_stride;                                            \
+      auto* out = y + n * y_stride + r;                                            \
+      switch (std::min<int64_t>(4, count - n)) {                                   \
+        case 1: DOT<1>(row, v, x_stride, out, y_stride, full, cols); break;        \
+        case 2: DOT<2>(row, v, x_stride, out, y_stride, full, cols); break;        \
+        case 3: DOT<3>(row, v, x_stride, out, y_stride, full, cols); break;        \
+        default: DOT<4>(row, v, x_stride, out, y_stride, full, cols);              \
+      }                                                                            \
+    }                                                                              \
+  }
+
+__attribute__((target("avx512f"))) void gemv_rows(const float* w, const float* x, int64_t x_stride, float* y,
+                                                  int64_t y_stride, int64_t count, int64_t begin, int64_t end,
+                                                  int64_t cols) {
+  SQLCOPILOT_ROWS_TIMES_VECTORS(dot_row_f32, 16)
 }
-void gemv_rows(const bf16* w, const bf16* x, bf16* y, int64_t begin, int64_t end, int64_t cols) {
-  gemv_rows_bf16(w, x, y, begin, end, cols);
+SQLCOPILOT_BF16_TARGET void gemv_rows(const bf16* w, const bf16* x, int64_t x_stride, bf16* y, int64_t y_stride,
+                                      int64_t count, int64_t begin, int64_t end, int64_t cols) {
+  SQLCOPILOT_ROWS_TIMES_VECTORS(dot_row_bf16, 32)
 }
 
 // Thread `thread` of `threads`: its share [begin, end) of `count` items, in blocks of `align`.
@@ -95,11 +143,13 @@ std::pair<int64_t, int64_t> share(int64_t count, int thread, int threads, int64_
   return {std::min(count, per * thread), std::min(count, per * (thread + 1))};
 }
 
-// This thread's rows of y = W x.
+// This thread's rows of y[n] = W x[n], n < count.
 template <typename T>
-void gemv(const at::Tensor& weight, const T* x, T* y, int thread, int threads) {
+void gemv(const at::Tensor& weight, const T* x, int64_t x_stride, T* y, int64_t y_stride, int64_t count, int thread,
+          int threads) {
   const auto [begin, end] = share(weight.size(0), thread, threads, 16);
-  gemv_rows(reinterpret_cast<const T*>(weight.const_data_ptr()), x, y, begin, end, weight.size(1));
+  gemv_rows(reinterpret_cast<const T*>(weight.const_data_ptr()), x, x_stride, y, y_stride, count, begin, end,
+            weight.size(1));
 }
 
 // ---- the elementwise parts, in the graph's order of operations and roundings ----------------------------------------
@@ -277,12 +327,13 @@ SQLCOPILOT_AVX512 void head_scores(const T* q, const T* keys, int64_t begin, int
   }
 }
 
-// out = sum over t in [begin, end) of weights[t] * values[t]; head_dim = 16 * kVectors
+// out = sum over t in [begin, end) of weights[t] * values[t] (added to out when `accumulate`); head_dim = 16 * kVectors
 template <typename T, int kVectors>
-SQLCOPILOT_AVX512 void head_values(const float* weights, const T* values, int64_t begin, int64_t end, float* out) {
+SQLCOPILOT_AVX512 void head_values(const float* weights, const T* values, int64_t begin, int64_t end, float* out,
+                                   bool accumulate) {
   constexpr int64_t hd = 16 * kVectors;
   __m512 acc[kVectors];
-  for (int v = 0; v < kVectors; ++v) acc[v] = _mm512_setzero_ps();
+  for (int v = 0; v < kVectors; ++v) acc[v] = accumulate ? _mm512_loadu_ps(out + 16 * v) : _mm512_setzero_ps();
   for (int64_t t = begin; t < end; ++t) {
     const __m512 w = _mm512_set1_ps(weights[t]);
     for (int v = 0; v < kVectors; ++v) acc[v] = _mm512_fmadd_ps(w, load16(values + t * hd + 16 * v), acc[v]);
@@ -315,23 +366,16 @@ void scalar_scores(const T* q, const T* keys, int64_t begin, int64_t end, int64_
 }
 
 template <typename T>
-void scalar_values(const float* weights, const T* values, int64_t begin, int64_t end, int64_t hd, float* out) {
-  std::fill(out, out + hd, 0.0f);
+void scalar_values(const float* weights, const T* values, int64_t begin, int64_t end, int64_t hd, float* out,
+                   bool accumulate) {
+  if (!accumulate) std::fill(out, out + hd, 0.0f);
   for (int64_t t = begin; t < end; ++t)
     for (int64_t d = 0; d < hd; ++d) out[d] += weights[t] * as_float(values[t * hd + d]);
 }
 
-// One head's share [begin, end) of the positions: writes {max score, sum of e^(score - max)} to state and the
-// unnormalised weighted sum of values to out[0..hd). `scores` is scratch for at least `end` floats.
+// scores[t] = (q . keys[t]) * scale for t in [begin, end)
 template <typename T>
-void attend_share(const T* q, const T* keys, const T* values, int64_t begin, int64_t end, int64_t hd, float scale,
-                  float* scores, float* state, float* out) {
-  if (begin >= end) {
-    state[0] = -std::numeric_limits<float>::infinity();
-    state[1] = 0.0f;
-    std::fill(out, out + hd, 0.0f);
-    return;
-  }
+void scores_of(const T* q, const T* keys, int64_t begin, int64_t end, int64_t hd, float scale, float* scores) {
   switch (hd) {
 #define SQLCOPILOT_HEAD_SCORES(V) \
   case 16 * V: head_scores<T, V>(q, keys, begin, end, scale, scores); break;
@@ -339,16 +383,55 @@ void attend_share(const T* q, const T* keys, const T* values, int64_t begin, int
     SQLCOPILOT_HEAD_SCORES(5) SQLCOPILOT_HEAD_SCORES(6) SQLCOPILOT_HEAD_SCORES(7) SQLCOPILOT_HEAD_SCORES(8)
     default: scalar_scores(q, keys, begin, end, hd, scale, scores);
   }
-  const float top = *std::max_element(scores + begin, scores + end);
-  state[0] = top;
-  state[1] = exp_shifted(scores, begin, end, top);
+}
+
+// out (+)= sum over t in [begin, end) of weights[t] * values[t]
+template <typename T>
+void values_of(const float* weights, const T* values, int64_t begin, int64_t end, int64_t hd, float* out,
+               bool accumulate) {
   switch (hd) {
 #define SQLCOPILOT_HEAD_VALUES(V) \
-  case 16 * V: head_values<T, V>(scores, values, begin, end, out); break;
+  case 16 * V: head_values<T, V>(weights, values, begin, end, out, accumulate); break;
     SQLCOPILOT_HEAD_VALUES(1) SQLCOPILOT_HEAD_VALUES(2) SQLCOPILOT_HEAD_VALUES(3) SQLCOPILOT_HEAD_VALUES(4)
     SQLCOPILOT_HEAD_VALUES(5) SQLCOPILOT_HEAD_VALUES(6) SQLCOPILOT_HEAD_VALUES(7) SQLCOPILOT_HEAD_VALUES(8)
-    default: scalar_values(scores, values, begin, end, hd, out);
+    default: scalar_values(weights, values, begin, end, hd, out, accumulate);
   }
+}
+
+// Keys and values one query attends over in a thread's share: positions [begin, end) of a shared cache head and
+// slots [own_begin, own_end) of the row's own (beam) cache head, whose scores go to scores[own_offset + slot].
+template <typename T>
+struct Segments {
+  const T *keys, *values;
+  int64_t begin, end;
+  const T *own_keys, *own_values;
+  int64_t own_begin, own_end, own_offset;
+};
+
+// One head's share of the positions: writes {max score, sum of e^(score - max)} to state and the unnormalised
+// weighted sum of values to out[0..hd). `scores` is scratch for at least own_offset + own_end floats. With no own
+// slots this is exactly the one-segment computation.
+template <typename T>
+void attend_share(const T* q, const Segments<T>& at, int64_t hd, float scale, float* scores, float* state,
+                  float* out) {
+  const bool shared = at.begin < at.end, own = at.own_begin < at.own_end;
+  if (!shared && !own) {
+    state[0] = -std::numeric_limits<float>::infinity();
+    state[1] = 0.0f;
+    std::fill(out, out + hd, 0.0f);
+    return;
+  }
+  float* own_scores = scores + at.own_offset;
+  if (shared) scores_of(q, at.keys, at.begin, at.end, hd, scale, scores);
+  if (own) scores_of(q, at.own_keys, at.own_begin, at.own_end, hd, scale, own_scores);
+  float top = -std::numeric_limits<float>::infinity();
+  if (shared) top = *std::max_element(scores + at.begin, scores + at.end);
+  if (own) top = std::max(top, *std::max_element(own_scores + at.own_begin, own_scores + at.own_end));
+  state[0] = top;
+  state[1] = shared ? exp_shifted(scores, at.begin, at.end, top) : 0.0f;
+  if (own) state[1] += exp_shifted(own_scores, at.own_begin, at.own_end, top);
+  if (shared) values_of(scores, at.values, at.begin, at.end, hd, out, false);
+  if (own) values_of(own_scores, at.own_values, at.own_begin, at.own_end, hd, out, shared);
 }
 
 // attn = the merged shares of one head, softmax-normalised and rounded to T
@@ -437,57 +520,108 @@ KernelDecoder::KernelDecoder(const torch::jit::Module& module, const std::string
   const auto options = at::TensorOptions().dtype(expected);
   const int64_t members = team_.size(), attn_width = max_heads * head_dim_;
   auto padded = [](int64_t n) { return (n + 31) / 32 * 32; };
-  x_ = at::empty({hidden_}, options);
-  h_ = at::empty({hidden_}, options);
-  qkv_ = at::empty({max_rows}, options);
-  gate_up_ = at::empty({2 * max_width}, options);
-  act_ = at::empty({max_width}, options);
-  logits_ = at::empty({vocab_}, options);
-  normed_ = at::empty({members, padded(hidden_)}, options);
-  queries_ = at::empty({members, padded(attn_width)}, options);
-  attn_ = at::empty({members, padded(attn_width)}, options);
+  const int64_t rows = kMaxRows;
+  x_ = at::empty({rows, padded(hidden_)}, options);
+  h_ = at::empty({rows, padded(hidden_)}, options);
+  qkv_ = at::empty({rows, padded(max_rows)}, options);
+  gate_up_ = at::empty({rows, padded(2 * max_width)}, options);
+  act_ = at::empty({rows, padded(max_width)}, options);
+  logits_ = at::empty({rows, padded(vocab_)}, options);
+  normed_ = at::empty({members, rows, padded(hidden_)}, options);
+  queries_ = at::empty({members, rows, padded(attn_width)}, options);
+  attn_ = at::empty({members, rows, padded(attn_width)}, options);
   scores_ = at::empty({members, padded(max_seq_len_)}, at::kFloat);
-  shares_ = at::empty({members, max_heads, padded(head_dim_ + 2)}, at::kFloat);
-  partial_.assign(members, 0.0f);
-  best_.assign(members, {0.0f, 0});
+  shares_ = at::empty({members, rows * max_heads, padded(head_dim_ + 2)}, at::kFloat);
+  partial_.assign(members * rows, 0.0f);
+}
+
+void KernelDecoder::check_token(int64_t token) const {
+  if (token < 0 || token >= embed_.size(0))
+    throw std::invalid_argument("token id " + std::to_string(token) + " is outside the vocabulary");
 }
 
 int64_t KernelDecoder::step(int64_t token, int64_t pos, const std::vector<at::Tensor>& caches) {
-  if (token < 0 || token >= embed_.size(0)) throw std::invalid_argument("token id " + std::to_string(token) +
-                                                                        " is outside the vocabulary");
+  check_token(token);
   if (pos < 0 || pos >= max_seq_len_) throw std::invalid_argument("position " + std::to_string(pos) +
                                                                   " is outside the cache");
   if (caches.size() != 2 * layers_.size()) throw std::invalid_argument("expected one key and one value cache per layer");
-  return bf16_ ? step_as<bf16>(token, pos, caches) : step_as<float>(token, pos, caches);
+  const Span span{pos + 1, 0, 0};
+  if (bf16_) run_as<bf16>(&token, 1, pos, span, caches, nullptr);
+  else run_as<float>(&token, 1, pos, span, caches, nullptr);
+  // the first largest logit (NaN counts as largest, as torch.argmax has it)
+  auto largest = [](const auto* logits, int64_t n) {
+    int64_t best = 0;
+    float top = as_float(logits[0]);
+    for (int64_t i = 1; i < n; ++i) {
+      const float value = as_float(logits[i]);
+      if (value > top || (std::isnan(value) && !std::isnan(top))) top = value, best = i;
+    }
+    return best;
+  };
+  return bf16_ ? largest(reinterpret_cast<const bf16*>(logits_.const_data_ptr()), vocab_)
+               : largest(logits_.const_data_ptr<float>(), vocab_);
+}
+
+at::Tensor KernelDecoder::step_rows(const std::vector<int64_t>& tokens, int64_t pos, int64_t prompt_len,
+                                    const std::vector<at::Tensor>& caches, const std::vector<at::Tensor>& beam_caches) {
+  const auto rows = static_cast<int64_t>(tokens.size());
+  if (rows < 1 || rows > kMaxRows)
+    throw std::invalid_argument(std::to_string(rows) + " beam rows: the kernels decode 1 to " +
+                                std::to_string(kMaxRows) + " together");
+  for (int64_t token : tokens) check_token(token);
+  if (prompt_len < 1 || pos < prompt_len || pos >= max_seq_len_)
+    throw std::invalid_argument("position " + std::to_string(pos) + " after a prompt of " +
+                                std::to_string(prompt_len) + " is outside the cache");
+  if (caches.size() != 2 * layers_.size() || beam_caches.size() != 2 * layers_.size())
+    throw std::invalid_argument("expected one key and one value cache per layer, shared and per beam");
+  const int64_t capacity = beam_caches[0].size(2);
+  const auto expected = bf16_ ? at::kBFloat16 : at::kFloat;
+  for (size_t i = 0; i < beam_caches.size(); ++i) {
+    const at::Tensor& cache = beam_caches[i];
+    if (cache.dim() != 4 || cache.size(0) < rows || cache.size(1) != layers_[i / 2].kv_heads ||
+        cache.size(2) != capacity || cache.size(3) != head_dim_ || !cache.is_contiguous() ||
+        cache.scalar_type() != expected)
+      throw std::invalid_argument("beam cache " + std::to_string(i) + " is not a contiguous [" + std::to_string(rows) +
+                                  "+, kv_heads, capacity, head_dim] tensor of the model's dtype");
+  }
+  if (pos - prompt_len >= capacity)
+    throw std::invalid_argument("beam slot " + std::to_string(pos - prompt_len) + " exceeds the beam caches' " +
+                                std::to_string(capacity));
+  const Span span{prompt_len, pos - prompt_len + 1, capacity};
+  if (bf16_) run_as<bf16>(tokens.data(), rows, pos, span, caches, &beam_caches);
+  else run_as<float>(tokens.data(), rows, pos, span, caches, &beam_caches);
+  return logits_.narrow(0, 0, rows).narrow(1, 0, vocab_).to(at::kFloat).contiguous();
 }
 
 template <typename T>
-int64_t KernelDecoder::step_as(int64_t token, int64_t pos, const std::vector<at::Tensor>& caches) {
+void KernelDecoder::run_as(const int64_t* tokens, int64_t rows, int64_t pos, const Span& span,
+                           const std::vector<at::Tensor>& caches, const std::vector<at::Tensor>* beam_caches) {
   auto ptr = [](const at::Tensor& t) { return reinterpret_cast<T*>(t.data_ptr()); };
   auto cptr = [](const at::Tensor& t) { return reinterpret_cast<const T*>(t.const_data_ptr()); };
+  last_rows_ = rows;
   T* x = ptr(x_);
   T* h = ptr(h_);
   T* qkv = ptr(qkv_);
   T* gate_up = ptr(gate_up_);
   T* act = ptr(act_);
   T* logits = ptr(logits_);
+  // row strides of the scratch
+  const int64_t xs = x_.size(1), qs = qkv_.size(1), gs = gate_up_.size(1), as = act_.size(1), ls = logits_.size(1);
+  const int64_t ns = normed_.size(2), qrs = queries_.size(2);
   const T* cos = cptr(cos_) + pos * head_dim_;
   const T* sin = cptr(sin_) + pos * head_dim_;
   const float scale = static_cast<float>(scale_);
-  const int64_t hd = head_dim_;
+  const int64_t hd = head_dim_, total = span.shared + span.own;
   const int64_t share_stride = shares_.size(1) * shares_.size(2), state_stride = shares_.size(2);
 
-  // One team run per token: every member walks all layers, taking its rows of each matrix product, its share of
-  // the cached positions in attention and its slice of each elementwise step, with five barriers per layer. The
-  // residual stream x is split by rows: a member adds the rows of h it computed itself, so no barrier is needed
-  // there. A norm needs the sum of squares of all of x: each member adds up its slice into partial_, and after a
-  // barrier every member adds the partials in the same order and norms the whole of x into its own copy (normed_),
-  // so all get the same input for the next product without another barrier.
-  std::vector<float>& partial = partial_;
-  std::vector<std::pair<float, int64_t>>& best = best_;
-  int members = 1;
+  // One team run per token: every member walks all layers, taking its rows of each matrix product (for all beam
+  // rows at once), its share of the attended positions and its slice of each elementwise step, with five barriers
+  // per layer. The residual stream x is split by columns: a member adds the columns of h it computed itself, so no
+  // barrier is needed there. A norm needs the sum of squares of all of a row of x: each member adds up its slice
+  // into partial_, and after a barrier every member adds the partials in the same order and norms the whole of x
+  // into its own copy (normed_), so all get the same input for the next product without another barrier.
+  float* partial = partial_.data();
   team_.run([&](int thread, int threads) {
-    if (thread == 0) members = threads;
     const auto [lo, hi] = share(hidden_, thread, threads, 16);
     T* normed = ptr(normed_[thread]);
     T* queries = ptr(queries_[thread]);
@@ -496,74 +630,88 @@ int64_t KernelDecoder::step_as(int64_t token, int64_t pos, const std::vector<at:
     float* shares = shares_.data_ptr<float>();
     auto norm_whole = [&](const at::Tensor& weight) {  // normed = norm(x) * weight, once partial[] is written
       team_.barrier();
-      float squares = 0.0f;
-      for (int t = 0; t < threads; ++t) squares += partial[t];
-      scale_norm(x, cptr(weight), normed, inverse_rms(squares, hidden_, eps_), 0, hidden_);
+      for (int64_t n = 0; n < rows; ++n) {
+        float squares = 0.0f;
+        for (int t = 0; t < threads; ++t) squares += partial[t * kMaxRows + n];
+        scale_norm(x + n * xs, cptr(weight), normed + n * ns, inverse_rms(squares, hidden_, eps_), 0, hidden_);
+      }
     };
-    std::copy(cptr(embed_) + token * hidden_ + lo, cptr(embed_) + token * hidden_ + hi, x + lo);
-    partial[thread] = sum_of_squares(x, lo, hi);
+    for (int64_t n = 0; n < rows; ++n) {
+      const T* embedding = cptr(embed_) + tokens[n] * hidden_;
+      std::copy(embedding + lo, embedding + hi, x + n * xs + lo);
+      partial[thread * kMaxRows + n] = sum_of_squares(x + n * xs, lo, hi);
+    }
     norm_whole(layers_[0].attn_norm);
     for (size_t index = 0; index < layers_.size(); ++index) {
       const Layer& layer = layers_[index];
       T* k_cache = ptr(caches[2 * index]);  // [1, kv_heads, max_seq_len, head_dim]
       T* v_cache = ptr(caches[2 * index + 1]);
-      gemv<T>(layer.qkv, normed, qkv, thread, threads);
+      T* k_own = beam_caches ? ptr((*beam_caches)[2 * index]) : nullptr;  // [rows+, kv_heads, capacity, head_dim]
+      T* v_own = beam_caches ? ptr((*beam_caches)[2 * index + 1]) : nullptr;
+      const int64_t own_row = layer.kv_heads * span.capacity * hd, group = layer.heads / layer.kv_heads;
+      gemv<T>(layer.qkv, normed, ns, qkv, qs, rows, thread, threads);
       team_.barrier();
-      // This member's share of positions 0..pos; the member holding pos first writes its rotated key and its value.
-      const auto [first, end] = share(pos + 1, thread, threads, 16);
-      if (first <= pos && pos < end) {
-        for (int64_t g = 0; g < layer.kv_heads; ++g) {
-          const T* value = qkv + (layer.heads + layer.kv_heads + g) * hd;
-          rotate(qkv + (layer.heads + g) * hd, k_cache + (g * max_seq_len_ + pos) * hd, cos, sin, hd);
-          std::copy(value, value + hd, v_cache + (g * max_seq_len_ + pos) * hd);
+      // This member's share of the attended positions (shared ones, then the row's own); the member holding the
+      // new position first writes its rotated key and its value.
+      const auto [first, end] = share(total, thread, threads, 16);
+      if (first <= total - 1 && total - 1 < end) {
+        for (int64_t n = 0; n < rows; ++n) {
+          const T* row = qkv + n * qs;
+          for (int64_t g = 0; g < layer.kv_heads; ++g) {
+            const int64_t at_shared = (g * max_seq_len_ + span.shared - 1) * hd;
+            const int64_t at_own = n * own_row + (g * span.capacity + span.own - 1) * hd;
+            T* key = span.own ? k_own + at_own : k_cache + at_shared;
+            T* value = span.own ? v_own + at_own : v_cache + at_shared;
+            rotate(row + (layer.heads + g) * hd, key, cos, sin, hd);
+            std::copy(row + (layer.heads + layer.kv_heads + g) * hd, row + (layer.heads + layer.kv_heads + g + 1) * hd,
+                      value);
+          }
         }
       }
-      // query head j uses key/value head j / (heads / kv_heads)
-      for (int64_t j = 0; j < layer.heads; ++j) {
-        const int64_t g = j / (layer.heads / layer.kv_heads);
-        float* state = shares + thread * share_stride + j * state_stride;
-        rotate(qkv + j * hd, queries + j * hd, cos, sin, hd);
-        attend_share(queries + j * hd, k_cache + g * max_seq_len_ * hd, v_cache + g * max_seq_len_ * hd, first, end,
-                     hd, scale, scores, state, state + 2);
+      // Per key/value head, every row's queries in turn: this member's share of the shared cache is read from
+      // memory once and from the caches after that.
+      Segments<T> segments{nullptr, nullptr, std::min(first, span.shared), std::min(end, span.shared),
+                           nullptr, nullptr, std::max(first, span.shared) - span.shared,
+                           std::max(end, span.shared) - span.shared, span.shared};
+      for (int64_t g = 0; g < layer.kv_heads; ++g) {
+        segments.keys = k_cache + g * max_seq_len_ * hd;
+        segments.values = v_cache + g * max_seq_len_ * hd;
+        for (int64_t n = 0; n < rows; ++n) {
+          segments.own_keys = span.own ? k_own + n * own_row + g * span.capacity * hd : nullptr;
+          segments.own_values = span.own ? v_own + n * own_row + g * span.capacity * hd : nullptr;
+          for (int64_t j = g * group; j < (g + 1) * group; ++j) {
+            float* state = shares + thread * share_stride + (n * layer.heads + j) * state_stride;
+            T* query = queries + n * qrs + j * hd;
+            rotate(qkv + n * qs + j * hd, query, cos, sin, hd);
+            attend_share(query, segments, hd, scale, scores, state, state + 2);
+          }
+        }
       }
       team_.barrier();
-      for (int64_t j = 0; j < layer.heads; ++j)
-        merge_shares(shares + j * state_stride, share_stride, threads, hd, attn + j * hd);
-      gemv<T>(layer.out, attn, h, thread, threads);
-      partial[thread] = add_and_square(x, h, lo, hi);
+      for (int64_t n = 0; n < rows; ++n)
+        for (int64_t j = 0; j < layer.heads; ++j)
+          merge_shares(shares + (n * layer.heads + j) * state_stride, share_stride, threads, hd,
+                       attn + n * qrs + j * hd);
+      gemv<T>(layer.out, attn, qrs, h, xs, rows, thread, threads);
+      for (int64_t n = 0; n < rows; ++n) partial[thread * kMaxRows + n] = add_and_square(x + n * xs, h + n * xs, lo, hi);
       norm_whole(layer.mlp_norm);
       // gate rows [a, b) and the matching up rows: this member's slice of the activations needs no barrier
       const auto [a, b] = share(layer.width, thread, threads, 16);
       const T* gate_up_weight = cptr(layer.gate_up);
-      gemv_rows(gate_up_weight, normed, gate_up, a, b, hidden_);
-      gemv_rows(gate_up_weight, normed, gate_up, layer.width + a, layer.width + b, hidden_);
-      silu_times(gate_up, gate_up + layer.width, act, a, b);
+      gemv_rows(gate_up_weight, normed, ns, gate_up, gs, rows, a, b, hidden_);
+      gemv_rows(gate_up_weight, normed, ns, gate_up, gs, rows, layer.width + a, layer.width + b, hidden_);
+      for (int64_t n = 0; n < rows; ++n) silu_times(gate_up + n * gs, gate_up + n * gs + layer.width, act + n * as, a, b);
       team_.barrier();
-      gemv<T>(layer.down, act, h, thread, threads);
-      partial[thread] = add_and_square(x, h, lo, hi);
+      gemv<T>(layer.down, act, as, h, xs, rows, thread, threads);
+      for (int64_t n = 0; n < rows; ++n) partial[thread * kMaxRows + n] = add_and_square(x + n * xs, h + n * xs, lo, hi);
       norm_whole(index + 1 == layers_.size() ? norm_ : layers_[index + 1].attn_norm);
     }
-    // this member's rows of the logits, and the first largest among them
-    const auto [first_row, end_row] = share(vocab_, thread, threads, 16);
-    gemv<T>(lm_head_, normed, logits, thread, threads);
-    std::pair<float, int64_t> top{-std::numeric_limits<float>::infinity(), first_row};
-    for (int64_t i = first_row; i < end_row; ++i) {
-      const float value = as_float(logits[i]);
-      if (value > top.first || (std::isnan(value) && !std::isnan(top.first))) top = {value, i};
-    }
-    best[thread] = top;
+    gemv<T>(lm_head_, normed, ns, logits, ls, rows, thread, threads);  // this member's rows of the logits
   });
-  // the first largest logit overall (NaN counts as largest, as torch.argmax has it): members hold ascending rows
-  std::pair<float, int64_t> top = best[0];
-  for (int t = 1; t < members; ++t) {
-    const auto& candidate = best[t];
-    if (candidate.first > top.first || (std::isnan(candidate.first) && !std::isnan(top.first))) top = candidate;
-  }
-  return top.second;
 }
 
 std::vector<float> KernelDecoder::last_logits() const {
-  at::Tensor flat = logits_.to(at::kFloat).contiguous();
+  at::Tensor flat = logits_[0].narrow(0, 0, vocab_).to(at::kFloat).contiguous();
   return std::vector<float>(flat.data_ptr<float>(), flat.data_ptr<float>() + flat.numel());
 }
 

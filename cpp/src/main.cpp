@@ -1,12 +1,22 @@
-// sqlcopilot-runner: greedy generation from an export folder, one JSON request per stdin line, one JSON reply per
-// stdout line.
+// sqlcopilot-runner: greedy or beam generation from an export folder, one JSON request per stdin line, one JSON
+// reply per stdout line.
 //
 //   echo '{"id": 1, "input_ids": [1, 2, 3], "max_new_tokens": 8}' | sqlcopilot-runner --model work/export
 //
-// Reply: {"id":1,"output_ids":[...],"new_tokens":N,"prefill_ms":...,"decode_ms":...} (output_ids are the new
-// tokens only); "return_logits": true in a request adds "first_logits" and "step_logits" (the logits the first and
-// second tokens were chosen from). A bad request gets {"id":..,"error":".."}
-// and the runner keeps serving; a model it cannot load ends it with exit code 2.
+// Reply: {"id":1,"output_ids":[...],"new_tokens":N,"prefill_ms":...,"decode_ms":...,"decode":"kernel",
+// "prefix_reused":false} (output_ids are the new tokens only); "return_logits": true in a request adds
+// "first_logits" and "step_logits" (the logits the first and second tokens were chosen from).
+// Optional request fields:
+//   "num_beams": N (1..16)  beam decoding; the reply holds "beams": [{"output_ids", "score", "normalized_score"}, ...]
+//                           best first, "steps", "prefill_ms", "decode_ms", "decode", "prefix_reused"
+//   "prefix_len": P         input_ids[:P] is a reusable prefix (a database's schema): its cache is kept (the last
+//                           few, least recently used dropped) and a later request with the same prefix prefills only
+//                           the rest; "prefix_reused" says whether it did
+//   "stop_ids": [...]       decoding ends after one of these tokens (kept in the output)
+//   "stop_at_statement_end": true   adds the manifest's stop_token_ids (tokens holding ';' or a blank line)
+//   "stop_at_eos": false    end-of-text is an ordinary token (decodes exactly max_new_tokens: how speed is measured)
+// A bad request gets {"id":..,"error":".."} and the runner keeps serving; a model it cannot load ends it with exit
+// code 2.
 // On a machine busy with other work, run it with OMP_WAIT_POLICY=PASSIVE (or --threads 1): spinning OpenMP threads
 // that wait for a descheduled partner slow a 2-thread decode about twentyfold.
 #include <ATen/Parallel.h>
@@ -22,13 +32,16 @@
 namespace {
 
 const char* kUsage =
-    "usage: sqlcopilot-runner --model EXPORT_DIR [--max-new-tokens N] [--threads N] [--decode auto|graph|kernel]";
+    "usage: sqlcopilot-runner --model EXPORT_DIR [--max-new-tokens N] [--threads N] [--decode auto|graph|kernel]\n"
+    "                         [--prefix-cache ENTRIES] [--prefix-cache-mb MB]";
 
 struct Options {
   std::string model;
   int64_t max_new_tokens = 128;
   int threads = 0;  // 0: one per core
   sqlcopilot::DecodeMode decode = sqlcopilot::DecodeMode::Auto;
+  int64_t prefix_entries = 4;  // prompt prefixes whose caches are kept
+  int64_t prefix_mb = 1024;    // and their largest total size
 };
 
 Options parse_options(int argc, char** argv) {
@@ -45,10 +58,57 @@ Options parse_options(int argc, char** argv) {
     else if (flag == "--max-new-tokens") options.max_new_tokens = std::stoll(value);
     else if (flag == "--threads") options.threads = std::stoi(value);
     else if (flag == "--decode") options.decode = sqlcopilot::parse_decode_mode(value);
+    else if (flag == "--prefix-cache") options.prefix_entries = std::stoll(value);
+    else if (flag == "--prefix-cache-mb") options.prefix_mb = std::stoll(value);
     else throw std::invalid_argument("unknown option " + flag);
   }
   if (options.model.empty()) throw std::invalid_argument("--model is required");
+  if (options.prefix_entries < 0 || options.prefix_mb < 0)
+    throw std::invalid_argument("--prefix-cache and --prefix-cache-mb must be at least 0");
   return options;
+}
+
+sqlcopilot::Json ids_json(const std::vector<int64_t>& ids) {
+  std::vector<sqlcopilot::Json> out;
+  for (int64_t token : ids) out.push_back(sqlcopilot::Json::of_number(static_cast<double>(token)));
+  return sqlcopilot::Json::of_array(std::move(out));
+}
+
+sqlcopilot::Json floats_json(const std::vector<float>& values) {
+  std::vector<sqlcopilot::Json> out;
+  for (float value : values) out.push_back(sqlcopilot::Json::of_number(value));
+  return sqlcopilot::Json::of_array(std::move(out));
+}
+
+// The request's stop tokens, prefix and end-of-text rule.
+sqlcopilot::DecodeOptions decode_options(const sqlcopilot::Json& request, const sqlcopilot::Manifest& manifest) {
+  sqlcopilot::DecodeOptions options;
+  if (request.has("prefix_len")) options.prefix_len = request.at("prefix_len").as_int();
+  if (request.has("stop_ids"))
+    for (const sqlcopilot::Json& token : request.at("stop_ids").as_array()) options.stop_ids.push_back(token.as_int());
+  if (request.has("stop_at_statement_end") && request.at("stop_at_statement_end").as_bool())
+    options.stop_ids.insert(options.stop_ids.end(), manifest.stop_token_ids.begin(), manifest.stop_token_ids.end());
+  // stop_at_eos=false decodes exactly max_new_tokens tokens: how decode speed is measured
+  options.stop_at_eos = !request.has("stop_at_eos") || request.at("stop_at_eos").as_bool();
+  return options;
+}
+
+sqlcopilot::Json beams_reply(sqlcopilot::Runner& runner, const std::vector<int64_t>& input_ids, int64_t num_beams,
+                             int64_t max_new, const sqlcopilot::DecodeOptions& options, const sqlcopilot::Json& id) {
+  using sqlcopilot::Json;
+  const auto found = runner.beams(input_ids, num_beams, max_new, options);
+  std::vector<Json> beams;
+  for (const auto& beam : found.beams)
+    beams.push_back(Json::of_object({{"output_ids", ids_json(beam.tokens)},
+                                     {"score", Json::of_number(beam.score)},
+                                     {"normalized_score", Json::of_number(beam.normalized())}}));
+  return Json::of_object({{"id", id},
+                          {"beams", Json::of_array(std::move(beams))},
+                          {"steps", Json::of_number(static_cast<double>(found.steps))},
+                          {"prefill_ms", Json::of_number(found.prefill_ms)},
+                          {"decode_ms", Json::of_number(found.decode_ms)},
+                          {"decode", Json::of_string(runner.decode_path())},
+                          {"prefix_reused", Json::of_bool(found.prefix_reused)}});
 }
 
 sqlcopilot::Json reply_for(sqlcopilot::Runner& runner, const std::string& line, int64_t default_max_new_tokens) {
@@ -61,25 +121,21 @@ sqlcopilot::Json reply_for(sqlcopilot::Runner& runner, const std::string& line, 
     for (const Json& token : request.at("input_ids").as_array()) input_ids.push_back(token.as_int());
     const int64_t max_new = request.has("max_new_tokens") ? request.at("max_new_tokens").as_int()
                                                           : default_max_new_tokens;
+    const auto options = decode_options(request, runner.manifest());
+    if (request.has("num_beams"))
+      return beams_reply(runner, input_ids, request.at("num_beams").as_int(), max_new, options, id);
     const bool want_logits = request.has("return_logits") && request.at("return_logits").as_bool();
-    // stop_at_eos=false decodes exactly max_new_tokens tokens: how decode speed is measured
-    const bool stop_at_eos = !request.has("stop_at_eos") || request.at("stop_at_eos").as_bool();
-    auto generation = runner.generate(input_ids, max_new, want_logits, stop_at_eos);
-    std::vector<Json> output;
-    for (int64_t token : generation.output_ids) output.push_back(Json::of_number(static_cast<double>(token)));
+    auto generation = runner.generate(input_ids, max_new, want_logits, options);
     std::map<std::string, Json> reply{{"id", id},
-                                      {"output_ids", Json::of_array(std::move(output))},
+                                      {"output_ids", ids_json(generation.output_ids)},
                                       {"new_tokens", Json::of_number(static_cast<double>(generation.output_ids.size()))},
                                       {"prefill_ms", Json::of_number(generation.prefill_ms)},
                                       {"decode_ms", Json::of_number(generation.decode_ms)},
-                                      {"decode", Json::of_string(runner.decode_path())}};
+                                      {"decode", Json::of_string(runner.decode_path())},
+                                      {"prefix_reused", Json::of_bool(generation.prefix_reused)}};
     if (want_logits) {
-      std::vector<Json> logits;
-      for (float value : generation.first_logits) logits.push_back(Json::of_number(value));
-      reply["first_logits"] = Json::of_array(std::move(logits));
-      std::vector<Json> step;
-      for (float value : generation.step_logits) step.push_back(Json::of_number(value));
-      reply["step_logits"] = Json::of_array(std::move(step));
+      reply["first_logits"] = floats_json(generation.first_logits);
+      reply["step_logits"] = floats_json(generation.step_logits);
     }
     return Json::of_object(std::move(reply));
   } catch (const std::exception& error) {  // JsonError, invalid_argument and c10::Error: answer and keep serving
@@ -102,6 +158,7 @@ int main(int argc, char** argv) {
   at::set_num_threads(options.threads > 0 ? options.threads : cores);
   try {
     sqlcopilot::Runner runner(options.model, options.decode);
+    runner.set_prefix_cache(static_cast<size_t>(options.prefix_entries), options.prefix_mb << 20);
     const auto& manifest = runner.manifest();
     std::cerr << "sqlcopilot-runner: " << manifest.num_layers << "-layer " << manifest.dtype << " model from "
               << options.model << ", " << at::get_num_threads() << " thread(s)"

@@ -3,15 +3,19 @@
 #include <ATen/Context.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <sstream>
+#include <unordered_set>
 
 #include "sqlcopilot/json.h"
 #include "sqlcopilot/kernels.h"
 #include "sqlcopilot/sha256.h"
 
 namespace sqlcopilot {
+
+static_assert(kMaxBeams <= KernelDecoder::kMaxRows, "the kernels decode every beam in one step");
 
 namespace {
 
@@ -124,8 +128,7 @@ Runner::Runner(const std::filesystem::path& export_dir, DecodeMode mode) : manif
 
 Runner::~Runner() = default;
 
-Generation Runner::generate(const std::vector<int64_t>& input_ids, int64_t max_new_tokens, bool want_logits,
-                            bool stop_at_eos) {
+void Runner::check_prompt(const std::vector<int64_t>& input_ids, const DecodeOptions& options) const {
   const auto prompt_length = static_cast<int64_t>(input_ids.size());
   if (prompt_length == 0) throw std::invalid_argument("input_ids is empty");
   if (prompt_length >= manifest_.max_seq_len)
@@ -135,13 +138,75 @@ Generation Runner::generate(const std::vector<int64_t>& input_ids, int64_t max_n
     if (id < 0 || id >= manifest_.vocab_size)
       throw std::invalid_argument("token id " + std::to_string(id) + " is outside the vocabulary of " +
                                   std::to_string(manifest_.vocab_size));
+  if (options.prefix_len < 0 || options.prefix_len > prompt_length)
+    throw std::invalid_argument("prefix_len " + std::to_string(options.prefix_len) + " is outside 0.." +
+                                std::to_string(prompt_length) + " (the prompt's length)");
+}
+
+void Runner::set_prefix_cache(size_t entries, int64_t max_bytes) {
+  max_prefixes_ = entries;
+  max_prefix_bytes_ = max_bytes;
+  while (prefixes_.size() > max_prefixes_) prefixes_.pop_back();
+}
+
+at::Tensor Runner::prefill(const std::vector<int64_t>& input_ids, int64_t prefix_len, bool* reused) {
+  auto ids_tensor = [](const int64_t* ids, int64_t count) {
+    return torch::from_blob(const_cast<int64_t*>(ids), {1, count}, torch::kLong).clone();
+  };
+  const auto length = static_cast<int64_t>(input_ids.size());
+  *reused = false;
+  if (prefix_len == 0) return module_.get_method("prefill")({ids_tensor(input_ids.data(), length), caches_}).toTensor();
+  if (!module_.find_method("prefill_at"))
+    throw std::invalid_argument("this export's graph has no prefill_at (it predates prefix reuse); re-run the export "
+                                "stage");
+  std::vector<int64_t> prefix(input_ids.begin(), input_ids.begin() + prefix_len);
+  at::Tensor logits;
+  auto kept = std::find_if(prefixes_.begin(), prefixes_.end(), [&](const Prefix& p) { return p.ids == prefix; });
+  if (kept != prefixes_.end()) {
+    for (size_t i = 0; i < cache_tensors_.size(); ++i) cache_tensors_[i].narrow(2, 0, prefix_len).copy_(kept->caches[i]);
+    logits = kept->logits;
+    prefixes_.splice(prefixes_.begin(), prefixes_, kept);
+    *reused = true;
+  } else {
+    logits = module_.get_method("prefill_at")({ids_tensor(prefix.data(), prefix_len), int64_t{0}, caches_}).toTensor();
+    remember_prefix(std::move(prefix), logits);
+  }
+  if (prefix_len == length) return logits;
+  return module_.get_method("prefill_at")({ids_tensor(input_ids.data() + prefix_len, length - prefix_len), prefix_len,
+                                          caches_}).toTensor();
+}
+
+void Runner::remember_prefix(std::vector<int64_t> ids, const at::Tensor& logits) {
+  if (max_prefixes_ == 0) return;
+  Prefix entry;
+  const auto length = static_cast<int64_t>(ids.size());
+  entry.ids = std::move(ids);
+  entry.logits = logits.clone();
+  for (const at::Tensor& cache : cache_tensors_) {
+    entry.caches.push_back(cache.narrow(2, 0, length).clone());
+    entry.bytes += static_cast<int64_t>(entry.caches.back().nbytes());
+  }
+  if (entry.bytes > max_prefix_bytes_) return;
+  prefixes_.push_front(std::move(entry));
+  int64_t total = 0;
+  for (const Prefix& kept : prefixes_) total += kept.bytes;
+  while (prefixes_.size() > max_prefixes_ || total > max_prefix_bytes_) {
+    total -= prefixes_.back().bytes;
+    prefixes_.pop_back();
+  }
+}
+
+Generation Runner::generate(const std::vector<int64_t>& input_ids, int64_t max_new_tokens, bool want_logits,
+                            const DecodeOptions& options) {
+  check_prompt(input_ids, options);
+  const auto prompt_length = static_cast<int64_t>(input_ids.size());
   Generation result;
   if (max_new_tokens <= 0) return result;
+  const std::unordered_set<int64_t> stop(options.stop_ids.begin(), options.stop_ids.end());
 
   c10::InferenceMode inference;
   auto start = std::chrono::steady_clock::now();
-  auto ids = torch::from_blob(const_cast<int64_t*>(input_ids.data()), {1, prompt_length}, torch::kLong).clone();
-  auto logits = module_.get_method("prefill")({ids, caches_}).toTensor();
+  auto logits = prefill(input_ids, options.prefix_len, &result.prefix_reused);
   result.output_ids.push_back(greedy_token(logits));
   result.prefill_ms = elapsed_ms(start);
   if (want_logits) result.first_logits = float_values(logits);
@@ -150,7 +215,8 @@ Generation Runner::generate(const std::vector<int64_t>& input_ids, int64_t max_n
   auto decode_step = module_.get_method("decode_step");
   for (int64_t pos = prompt_length; static_cast<int64_t>(result.output_ids.size()) < max_new_tokens; ++pos) {
     const int64_t last = result.output_ids.back();
-    if ((stop_at_eos && last == manifest_.eos_token_id) || pos >= manifest_.max_seq_len) break;
+    if ((options.stop_at_eos && last == manifest_.eos_token_id) || stop.count(last) || pos >= manifest_.max_seq_len)
+      break;
     const bool first_step = want_logits && result.step_logits.empty();
     if (kernel_) {
       result.output_ids.push_back(kernel_->step(last, pos, cache_tensors_));
@@ -161,6 +227,63 @@ Generation Runner::generate(const std::vector<int64_t>& input_ids, int64_t max_n
       if (first_step) result.step_logits = float_values(logits);
     }
   }
+  result.decode_ms = elapsed_ms(start);
+  return result;
+}
+
+BeamGeneration Runner::beams(const std::vector<int64_t>& input_ids, int64_t num_beams, int64_t max_new_tokens,
+                             const DecodeOptions& options) {
+  check_prompt(input_ids, options);
+  if (num_beams < 1 || num_beams > kMaxBeams)
+    throw std::invalid_argument("num_beams " + std::to_string(num_beams) + " is outside 1.." +
+                                std::to_string(kMaxBeams));
+  if (!kernel_ && !module_.find_method("decode_beams"))
+    throw std::invalid_argument("this export's graph has no decode_beams (it predates beam decoding); re-run the "
+                                "export stage");
+  BeamGeneration result;
+  if (max_new_tokens <= 0) return result;
+  const auto prompt_length = static_cast<int64_t>(input_ids.size());
+  const std::unordered_set<int64_t> stop(options.stop_ids.begin(), options.stop_ids.end());
+
+  c10::InferenceMode inference;
+  auto start = std::chrono::steady_clock::now();
+  const at::Tensor first = prefill(input_ids, options.prefix_len, &result.prefix_reused);
+  result.prefill_ms = elapsed_ms(start);
+
+  start = std::chrono::steady_clock::now();
+  // a full cache ends decoding like the token limit: the last token is chosen from the last position, never fed
+  const int64_t limit = std::min(max_new_tokens, manifest_.max_seq_len - prompt_length + 1);
+  const int64_t capacity = std::max<int64_t>(1, limit - 1);  // tokens a beam feeds
+  std::vector<at::Tensor> beam_caches;
+  c10::List<at::Tensor> beam_cache_list;
+  for (const at::Tensor& cache : cache_tensors_) {
+    beam_caches.push_back(at::empty({num_beams, cache.size(1), capacity, cache.size(3)}, cache.options()));
+    beam_cache_list.push_back(beam_caches.back());
+  }
+  const c10::IValue beam_cache_value(beam_cache_list);
+  int64_t fed = 0;  // slots written in every beam's cache
+  auto step = [&](const std::vector<int64_t>& tokens, const std::vector<int64_t>& parents) {
+    const auto rows = static_cast<int64_t>(tokens.size());
+    if (fed > 0) {  // row j becomes a copy of row parents[j]: at most max_new_tokens slots, never the prompt
+      const auto index = torch::tensor(parents, torch::kLong);
+      for (at::Tensor& cache : beam_caches) {
+        at::Tensor filled = cache.narrow(2, 0, fed);
+        filled.narrow(0, 0, rows).copy_(filled.index_select(0, index));
+      }
+    }
+    at::Tensor logits;
+    if (kernel_) {
+      logits = kernel_->step_rows(tokens, prompt_length + fed, prompt_length, cache_tensors_, beam_caches);
+    } else {
+      logits = module_.get_method("decode_beams")({torch::tensor(tokens, torch::kLong), prompt_length + fed,
+                                                   prompt_length, caches_, beam_cache_value}).toTensor();
+    }
+    ++fed;
+    return logits;
+  };
+  auto found = beam_search(first, step, num_beams, limit, options.stop_at_eos ? manifest_.eos_token_id : -1, stop);
+  result.beams = std::move(found.hypotheses);
+  result.steps = found.steps;
   result.decode_ms = elapsed_ms(start);
   return result;
 }

@@ -39,7 +39,7 @@ class Json {
   bool has(const std::string& key) const;
   const Json& at(const std::string& key) const;  // throws JsonError naming the missing key
 
-  // Compact JSON text of this value (strings escaped, numbers printed exactly for integers and float32 values).
+  // Compact JSON text of this value (strings escaped, numbers printed exactly: integers, float32 and double values).
   std::string dump() const;
 
   static Json of_number(double value);

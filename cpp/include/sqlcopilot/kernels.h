@@ -24,6 +24,7 @@ bool kernel_decode_supported(const std::string& dtype);
 class KernelDecoder {
  public:
   static constexpr int kMaxThreads = 64;
+  static constexpr int64_t kMaxRows = 16;  // beams decoded together in one step
 
   // Reads the weights of a loaded, unpacked export module (see Decoder in decoder.py) and starts a team of
   // at::get_num_threads() threads. Throws ManifestError when a buffer is missing or shaped differently from what
@@ -34,7 +35,14 @@ class KernelDecoder {
   // [1, kv_heads, max_seq_len, head_dim]) and returns the greedy next token (the first of equal largest logits).
   int64_t step(int64_t token, int64_t pos, const std::vector<at::Tensor>& caches);
 
-  // The logits of the last step, as float32.
+  // Decoder.decode_beams: feeds tokens[n] of each beam row n at position `pos`; row n attends over positions
+  // 0..prompt_len-1 of `caches` (shared by all rows) and slots 0..pos-prompt_len of its own row of `beam_caches`
+  // (k0, v0, ..., each [rows or more, kv_heads, capacity, head_dim]), the last of which it writes. Every weight
+  // matrix is read once for all rows. Returns the logits [rows, vocab] as float32.
+  at::Tensor step_rows(const std::vector<int64_t>& tokens, int64_t pos, int64_t prompt_len,
+                       const std::vector<at::Tensor>& caches, const std::vector<at::Tensor>& beam_caches);
+
+  // The logits of the last step's first row, as float32.
   std::vector<float> last_logits() const;
 
  private:
@@ -42,20 +50,29 @@ class KernelDecoder {
     at::Tensor attn_norm, mlp_norm, qkv, out, gate_up, down;
     int64_t heads = 0, kv_heads = 0, width = 0;
   };
+  // What a row attends over: positions [0, shared) of the shared cache and slots [0, own) of its row of beam caches
+  // with `capacity` slots per head. The new key and value go to own slot own - 1, or with no own slots (one-row
+  // decoding) to shared position shared - 1.
+  struct Span {
+    int64_t shared = 0, own = 0, capacity = 0;
+  };
   template <typename T>
-  int64_t step_as(int64_t token, int64_t pos, const std::vector<at::Tensor>& caches);
+  void run_as(const int64_t* tokens, int64_t rows, int64_t pos, const Span& span,
+              const std::vector<at::Tensor>& caches, const std::vector<at::Tensor>* beam_caches);
+  void check_token(int64_t token) const;
 
   bool bf16_ = false;
   int64_t hidden_ = 0, head_dim_ = 0, vocab_ = 0, max_seq_len_ = 0;
   double eps_ = 0.0, scale_ = 0.0;
   at::Tensor embed_, lm_head_, norm_, cos_, sin_;
   std::vector<Layer> layers_;
-  // Scratch, allocated once (see the constructor): shared x_ .. logits_, per member normed_ .. shares_.
+  // Scratch, allocated once (see the constructor), kMaxRows rows each: shared x_ .. logits_, per member normed_ ..
+  // shares_.
   at::Tensor x_, h_, qkv_, gate_up_, act_, logits_;
   at::Tensor normed_, queries_, attn_, scores_, shares_;
+  int64_t last_rows_ = 1;
   Team team_;  // at::get_num_threads() members (at most kMaxThreads), fixed when the decoder is made
-  std::vector<float> partial_;                   // per member: its slice's sum of squares before a norm
-  std::vector<std::pair<float, int64_t>> best_;  // per member: its largest logit and where
+  std::vector<float> partial_;  // per member and row: its slice's sum of squares before a norm
 };
 
 }  // namespace sqlcopilot

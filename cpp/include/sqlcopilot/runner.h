@@ -1,15 +1,19 @@
-// The SQL-Copilot runner: loads an export folder (manifest.json + TorchScript decoder) and generates greedily
-// with a fixed-size key/value cache, exactly as sqlcopilot_core.decoder.greedy_generate does in Python.
+// The SQL-Copilot runner: loads an export folder (manifest.json + TorchScript decoder) and generates greedily or with
+// beams, with a fixed-size key/value cache, exactly as sqlcopilot_core.decoder.greedy_generate and beam_generate do
+// in Python. The caches of recent prompt prefixes (a database's schema) are kept and reused.
 #pragma once
 
 #include <torch/script.h>
 
 #include <cstdint>
 #include <filesystem>
+#include <list>
 #include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "sqlcopilot/beams.h"
 
 namespace sqlcopilot {
 
@@ -41,13 +45,31 @@ struct Manifest {
 // is missing or whose size or sha256 differs from the manifest (naming the file).
 Manifest load_manifest(const std::filesystem::path& dir);
 
+// What a request adds to the prompt and token limit.
+struct DecodeOptions {
+  int64_t prefix_len = 0;         // input_ids[:prefix_len] is a reusable prefix: its cache is kept for the next request
+  std::vector<int64_t> stop_ids;  // decoding ends after one of these tokens (kept in the output)
+  bool stop_at_eos = true;        // false: end-of-text is an ordinary token (how decode speed is measured)
+};
+
 struct Generation {
   std::vector<int64_t> output_ids;  // the new tokens only, ending with EOS when the model produced it
   double prefill_ms = 0.0;          // prompt pass and first token
   double decode_ms = 0.0;           // all later tokens together
+  bool prefix_reused = false;       // the prefix's cache came from an earlier request
   std::vector<float> first_logits;  // logits the first token was chosen from, when asked for
   std::vector<float> step_logits;   // logits the second token was chosen from (the first decode step), when asked for
 };
+
+struct BeamGeneration {
+  std::vector<Hypothesis> beams;  // best first (by score / length), at most num_beams
+  double prefill_ms = 0.0;        // prompt pass
+  double decode_ms = 0.0;         // every beam step and its bookkeeping
+  int64_t steps = 0;              // decode steps (each advances every live beam by one token)
+  bool prefix_reused = false;
+};
+
+constexpr int64_t kMaxBeams = 16;
 
 class KernelDecoder;
 
@@ -64,22 +86,50 @@ class Runner {
   explicit Runner(const std::filesystem::path& export_dir, DecodeMode mode = DecodeMode::Auto);
   ~Runner();
 
-  // Greedy new tokens after `input_ids`: stops after EOS, after `max_new_tokens`, or when the cache is full.
-  // Throws std::invalid_argument for an empty prompt, an id outside the vocabulary or a prompt too long.
+  // Greedy new tokens after `input_ids`: stops after EOS (unless options.stop_at_eos is false), after a stop id,
+  // after `max_new_tokens`, or when the cache is full. Throws std::invalid_argument for an empty prompt, an id
+  // outside the vocabulary, a prompt too long or a prefix length outside 0..len(input_ids).
   Generation generate(const std::vector<int64_t>& input_ids, int64_t max_new_tokens, bool want_logits = false,
-                      bool stop_at_eos = true);
+                      const DecodeOptions& options = {});
+
+  // Beam candidates after `input_ids` (see sqlcopilot/beams.h for the rule). The prompt's cache is computed once
+  // and shared by the beams; each beam keeps the keys and values of the tokens it generated in its row of small
+  // beam caches, reordered by parent each step; one decode step advances all beams (the weights are read once).
+  // A full cache ends decoding as the token limit does. Throws std::invalid_argument as generate does, and for
+  // num_beams outside 1..kMaxBeams.
+  BeamGeneration beams(const std::vector<int64_t>& input_ids, int64_t num_beams, int64_t max_new_tokens,
+                       const DecodeOptions& options = {});
+
+  // How many prefix caches are kept (least recently used dropped first) and their largest total size; 0 entries
+  // keeps none.
+  void set_prefix_cache(size_t entries, int64_t max_bytes);
 
   const Manifest& manifest() const { return manifest_; }
   bool packed() const { return packed_; }
   const char* decode_path() const { return kernel_ ? "kernel" : "graph"; }
 
  private:
+  struct Prefix {
+    std::vector<int64_t> ids;
+    std::vector<at::Tensor> caches;  // positions 0..len(ids)-1 of every layer's key and value cache
+    at::Tensor logits;               // the prefix's last position
+    int64_t bytes = 0;
+  };
+  void check_prompt(const std::vector<int64_t>& input_ids, const DecodeOptions& options) const;
+  // Fills the cache with the prompt (the prefix from the kept ones when it is there) and returns the logits of its
+  // last position.
+  at::Tensor prefill(const std::vector<int64_t>& input_ids, int64_t prefix_len, bool* reused);
+  void remember_prefix(std::vector<int64_t> ids, const at::Tensor& logits);
+
   Manifest manifest_;
   torch::jit::Module module_;
   c10::IValue caches_;  // allocated once; a prefill overwrites what a previous request left
   std::vector<at::Tensor> cache_tensors_;  // the same tensors, for the kernels
   std::unique_ptr<KernelDecoder> kernel_;
   bool packed_ = false;
+  std::list<Prefix> prefixes_;  // most recently used first
+  size_t max_prefixes_ = 4;
+  int64_t max_prefix_bytes_ = int64_t{1} << 30;
 };
 
 }  // namespace sqlcopilot
