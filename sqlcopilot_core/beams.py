@@ -1,0 +1,251 @@
+"""Beam decoding over a shared prompt, and the execution-guided choice among its candidates.
+
+    python -m sqlcopilot_core.beams MODEL_DIR DB_PATH "how many singers are there?" [--num-beams 4] [--constrained]
+
+`beam_search` is the bookkeeping alone, written so the C++ runner (cpp/src/runner.cpp) can follow it to the token:
+
+- logprobs are the float32 log_softmax of a step's float32 logits; a beam's score is the float64 sum of its tokens'
+  logprobs.
+- start: one live beam (no tokens, score 0) whose logprobs are the prompt's last position.
+- each step: the candidates (beam i, token t, score_i + lp[i][t]) of every live beam are walked by score descending,
+  ties by the flat index i * V + t ascending. `allow(i, t)` (the schema constraint) may reject one: it is skipped.
+  An accepted candidate whose token is end-of-text is a finished hypothesis (its tokens, end-of-text excluded); one
+  whose token is a stop id, or that reaches max_new_tokens, is a finished hypothesis with that token; any other is a
+  new live beam (parent i). The walk ends when num_beams new live beams are collected or the candidates run out.
+- decoding ends when num_beams hypotheses have finished, no beam is live, or max_new_tokens is reached.
+- the result: finished hypotheses by score / max(1, len(tokens)) descending (ties: the order they finished), at most
+  num_beams of them.
+
+num_beams = 1 without a constraint is greedy decoding.
+
+The prompt is computed once; its key/value cache becomes the beams' when the first step expands it to their
+number (`HFStepper`). `choose_runnable` runs the candidates in the read-only sandbox, best first, and keeps the
+first one that executes (LEVER's "most probable executable"; RESDSQL and CodeS decode the same way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+Allow = Callable[[int, int], bool]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    tokens: tuple[int, ...]
+    score: float
+    """Sum of the tokens' log-probabilities (float64)."""
+
+    @property
+    def normalized(self) -> float:
+        return self.score / max(1, len(self.tokens))
+
+
+@dataclass
+class _Beam:
+    tokens: list[int]
+    score: float
+    state: object = None  # the constraint's state after these tokens
+
+
+def _walk(logprobs: torch.Tensor, scores: list[float], want: int):
+    """Candidates (beam, token, score) in the spec's order: score descending, then flat index ascending.
+
+    Takes the top k first and widens it (x4) only when the caller walks past it, so a constrained walk that rejects
+    many candidates still sees them in the order a full sort gives.
+    """
+    vocab = logprobs.shape[1]
+    total = (logprobs.double() + torch.tensor(scores, dtype=torch.float64)[:, None]).reshape(-1)
+    n = total.numel()
+    k, emitted = min(2 * want, n), 0
+    while True:
+        values, index = torch.topk(total, k, sorted=True)
+        cut = float(values[-1])
+        if k < n:
+            # entries above the k-th value are all in the top k; those equal to it may lie beyond: take them all
+            above = [(v, i) for v, i in zip(values.tolist(), index.tolist()) if v > cut]
+            ties = [(cut, i) for i in (total == cut).nonzero().flatten().tolist()]
+            ordered = sorted(above, key=lambda p: (-p[0], p[1])) + ties
+        else:
+            ordered = sorted(zip(values.tolist(), index.tolist()), key=lambda p: (-p[0], p[1]))
+        for value, flat in ordered[emitted:]:
+            yield flat // vocab, flat % vocab, value
+        emitted = len(ordered)
+        if k >= n:
+            return
+        k = min(4 * k, n)
+
+
+def beam_search(first_logits: torch.Tensor, step: Callable[[list[int], list[int]], torch.Tensor], num_beams: int,
+                max_new_tokens: int, eos_id: int | None, stop_ids: frozenset[int] = frozenset(),
+                constraint=None) -> list[Candidate]:
+    """Candidates best first (see the module docstring for the exact rule).
+
+    `first_logits` [1, V]: the prompt's last position. `step(tokens, parents)` feeds `tokens[j]` to a copy of live
+    beam `parents[j]`'s cache (the caller reorders its caches) and returns the next logits [len(tokens), V].
+    `constraint`: an object with `start()` -> state and `advance(state, token)` -> new state or None (rejected).
+    """
+    if num_beams < 1 or max_new_tokens < 1:
+        raise ValueError(f"beam_search: num_beams ({num_beams}) and max_new_tokens ({max_new_tokens}) must be >= 1")
+    live = [_Beam([], 0.0, constraint.start() if constraint is not None else None)]
+    logprobs = first_logits.float().log_softmax(-1)
+    finished: list[Candidate] = []
+    for length in range(1, max_new_tokens + 1):
+        chosen: list[_Beam] = []
+        parents: list[int] = []
+        for beam, token, score in _walk(logprobs, [b.score for b in live], num_beams):
+            state = None
+            if constraint is not None:
+                state = constraint.advance(live[beam].state, token)
+                if state is None:
+                    continue
+            tokens = live[beam].tokens
+            if eos_id is not None and token == eos_id:
+                finished.append(Candidate(tuple(tokens), score))
+            elif token in stop_ids or length == max_new_tokens:
+                finished.append(Candidate(tuple(tokens) + (token,), score))
+            else:
+                chosen.append(_Beam(tokens + [token], score, state))
+                parents.append(beam)
+                if len(chosen) == num_beams:
+                    break
+        if len(finished) >= num_beams or not chosen:
+            break
+        live = chosen
+        logprobs = step([b.tokens[-1] for b in live], parents).float().log_softmax(-1)
+    ranked = sorted(range(len(finished)), key=lambda j: (-finished[j].normalized, j))
+    return [finished[j] for j in ranked[:num_beams]]
+
+
+class HFStepper:
+    """Steps a transformers causal LM for beam_search: the prompt's cache is computed once (optionally on top of a
+    cached schema prefix) and reordered by parent each step."""
+
+    def __init__(self, model, prompt_ids: Sequence[int], prefix_cache=None, prefix_len: int = 0):
+        device = next(model.parameters()).device
+        self.model = model
+        rest = list(prompt_ids[prefix_len:])
+        if not rest:
+            raise ValueError("HFStepper: the prompt needs at least one token after its cached prefix")
+        cache = copy.deepcopy(prefix_cache) if prefix_cache is not None else None
+        ids = torch.tensor([rest], device=device)
+        positions = torch.arange(prefix_len, len(prompt_ids), device=device)[None]
+        out = model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        self.cache, self.first_logits, self.length = out.past_key_values, out.logits[:, -1], len(prompt_ids)
+        self.rows = 1
+
+    def __call__(self, tokens: list[int], parents: list[int]) -> torch.Tensor:
+        device = self.first_logits.device
+        if parents != list(range(self.rows)):
+            self.cache.reorder_cache(torch.tensor(parents, device=device))
+        self.rows = len(tokens)
+        ids = torch.tensor(tokens, device=device)[:, None]
+        positions = torch.full((len(tokens), 1), self.length, device=device)
+        self.length += 1
+        return self.model(input_ids=ids, position_ids=positions, past_key_values=self.cache, use_cache=True).logits[:, -1]
+
+
+def prefix_cache(model, prefix_ids: Sequence[int]):
+    """The key/value cache of a schema prefix, to be shared by every question about that database."""
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        return model(input_ids=torch.tensor([list(prefix_ids)], device=device), use_cache=True,
+                     logits_to_keep=1).past_key_values
+
+
+@torch.inference_mode()
+def hf_beam_generate(model, prompt_ids: Sequence[int], num_beams: int, max_new_tokens: int, eos_id: int | None,
+                     stop_ids: frozenset[int] = frozenset(), constraint=None, prefix=None) -> list[Candidate]:
+    """beam_search on a transformers model; `prefix`: (cache, length) of a shared schema prefix of prompt_ids."""
+    cache, length = prefix if prefix is not None else (None, 0)
+    stepper = HFStepper(model, prompt_ids, cache, length)
+    return beam_search(stepper.first_logits, stepper, num_beams, max_new_tokens, eos_id, stop_ids, constraint)
+
+
+# --- the execution-guided choice ------------------------------------------------------------------------------
+
+
+@dataclass
+class Choice:
+    """The answer picked among a question's candidates, and why the ones before it were not."""
+
+    sql: str
+    index: int
+    """Rank of the chosen candidate (0 = most probable)."""
+    tried: int
+    rejected: list[dict] = field(default_factory=list)
+    """One entry per candidate tried and not chosen: {"index", "sql", "reason"}."""
+    error: str | None = None
+    """Set when no candidate ran: the top candidate's error."""
+
+    def as_dict(self) -> dict:
+        return {"sql": self.sql, "index": self.index, "tried": self.tried, "rejected": self.rejected,
+                "error": self.error}
+
+
+def choose_runnable(sqls: Sequence[str], db_path, *, timeout_s: float = 2.0, prefer_nonempty: bool = False,
+                    max_rows: int = 1000) -> Choice:
+    """The first of `sqls` (best first) that executes without error in the read-only sandbox; with
+    `prefer_nonempty` the first that returns rows, else the first that runs. If none runs: the first, with its
+    error."""
+    from sqlcopilot_core.sqlexec import execute_readonly
+
+    if not sqls:
+        raise ValueError("choose_runnable: no candidates")
+    rejected: list[dict] = []
+    first_runs: int | None = None
+    seen: dict[str, str | None] = {}
+    for index, sql in enumerate(sqls):
+        if sql in seen:  # the same statement from another beam: same outcome
+            reason = seen[sql]
+        else:
+            result = execute_readonly(db_path, sql, timeout_s=timeout_s, max_rows=max_rows)
+            reason = None if result.ok else f"{result.error_kind}: {result.error}"
+            if reason is None and prefer_nonempty and not result.rows:
+                reason = "empty result"
+            seen[sql] = reason
+        if reason is None:
+            return Choice(sql, index, index + 1, rejected)
+        if reason == "empty result" and first_runs is None:
+            first_runs = index
+        rejected.append({"index": index, "sql": sql, "reason": reason})
+    if first_runs is not None:
+        return Choice(sqls[first_runs], first_runs, len(sqls), [r for r in rejected if r["index"] != first_runs])
+    return Choice(sqls[0], 0, len(sqls), rejected[1:], error=rejected[0]["reason"])
+
+
+def _main(argv: list[str] | None = None) -> None:
+    from sqlcopilot_core.generate import statement_end_ids
+    from sqlcopilot_core.modeling import load_model
+    from sqlcopilot_core.prompting import Prompter, extract_sql, model_prompt_settings
+    from sqlcopilot_core.sqlconstraint import SchemaConstraint
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("db")
+    parser.add_argument("question")
+    parser.add_argument("--num-beams", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--constrained", action="store_true")
+    args = parser.parse_args(argv)
+    model, tokenizer = load_model(args.model)
+    model.eval()
+    ids = Prompter(model_prompt_settings(args.model), tokenizer).ids(args.db, args.question)
+    constraint = SchemaConstraint.for_database(args.db, tokenizer) if args.constrained else None
+    candidates = hf_beam_generate(model, ids, args.num_beams, args.max_new_tokens, tokenizer.eos_token_id,
+                                  statement_end_ids(tokenizer), constraint)
+    sqls = [extract_sql(tokenizer.decode(c.tokens, skip_special_tokens=True)) for c in candidates]
+    choice = choose_runnable(sqls, args.db)
+    print(json.dumps({"candidates": [{"sql": s, "score": c.score, "normalized": c.normalized}
+                                     for s, c in zip(sqls, candidates)], "choice": choice.as_dict()}, indent=1))
+
+
+if __name__ == "__main__":
+    _main()

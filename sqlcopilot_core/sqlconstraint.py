@@ -1,0 +1,305 @@
+"""Schema-constrained decoding: a token is allowed only if the SQL it completes can still be valid on this database.
+
+    python -m sqlcopilot_core.sqlconstraint ../shared/spider dev     # every gold query, token by token (must all pass)
+
+A prefix check over the text the model has written, one character at a time, with a small state per beam
+(`State`). What it enforces (names compared case-insensitively, over the whole database's schema, not only the
+prompt's part of it):
+
+- lexical structure: quotes close, parentheses never close more than they opened, and the statement ends (end of
+  text, ';' or a blank line) outside a string, with every parenthesis closed;
+- after FROM / JOIN (and a comma in a FROM list) an identifier must become a table of the database;
+- `X.y`: when X is a table or an alias the query defined (AS, or a name right after a table in FROM), y must
+  become one of that table's columns; when X is not known yet (Spider writes `SELECT T1.name FROM singer AS T1`)
+  y must become a column of some table, and X must look like an alias (a table name, a defined alias, or a short
+  name such as T1);
+- any other bare identifier must become a column, a table, an alias or a SQL keyword or function.
+
+It never rejects a query only because a column belongs to a table that is not in scope: that needs the whole
+query, and the execution-guided choice (sqlcopilot_core/beams.py) catches it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+KEYWORDS = frozenset("""
+select from where group by order having limit offset join inner left right full outer cross natural on using as and
+or not in like glob regexp match between is isnull notnull null distinct all union intersect except exists case when
+then else end asc desc with recursive values collate nocase binary rtrim escape cast true false current_date
+current_time current_timestamp over partition rows range filter window
+count sum avg min max total group_concat abs round length lower upper substr substring instr trim ltrim replace
+coalesce ifnull nullif iif typeof printf format char hex unicode random date time datetime julianday strftime
+unixepoch quote zeroblob likely unlikely integer int real text numeric float double varchar
+""".split())
+CLAUSE_WORDS = frozenset("select where group order having limit on union intersect except by offset".split())
+SET_OPERATORS = frozenset("union intersect except".split())
+SQL_PUNCTUATION = frozenset(".,;()*=<>!+-/%|&~'\"`[]")
+SHORT_ALIAS = re.compile(r"[a-z]{1,2}\d*")
+
+
+def _has_prefix(names: list[str], prefix: str) -> bool:
+    """Whether some name of the sorted list starts with `prefix`."""
+    at = bisect.bisect_left(names, prefix)
+    return at < len(names) and names[at].startswith(prefix)
+
+
+@dataclass(frozen=True)
+class State:
+    mode: int = 0  # 0 SQL, 1 '...', 2 "...", 3 `...`, 4 [...]
+    depth: int = 0
+    word: str = ""  # the identifier or number being written (lowercase)
+    qualifier: str | None = None  # X of `X.` before the word
+    context: str = ""  # "table": a table name must come; "alias": a name is being defined; "after_table": either
+    clauses: tuple[str, ...] = ("",)  # per depth, the clause being written
+    aliases: tuple[tuple[int, str, str | None], ...] = ()  # (depth, alias, table or None)
+    names: tuple[str, ...] = ()  # column aliases the query defined
+    table: str | None = None  # the table named last in a FROM list (an alias after it refers to it)
+    words: int = 0  # identifiers and keywords completed
+    ended: bool = False
+
+
+class SchemaConstraint:
+    """The constraint for one database and one tokenizer: `start()` -> State, `advance(state, token)` -> State or
+    None (the token cannot lead to valid SQL). beam_search calls it for each candidate it walks past."""
+
+    def __init__(self, tables: dict[str, list[str]], token_texts: list[str], eos_id: int | None,
+                 stop_ids: frozenset[int], banned_ids: frozenset[int] = frozenset()):
+        self.columns = {t.lower(): sorted({c.lower() for c in cols}) for t, cols in tables.items()}
+        self.tables = sorted(self.columns)
+        self.all_columns = sorted({c for cols in self.columns.values() for c in cols})
+        self.bare = sorted(set(self.all_columns) | set(self.tables) | KEYWORDS)
+        self.token_texts, self.eos_id, self.stop_ids, self.banned = token_texts, eos_id, stop_ids, banned_ids
+        self._cache: dict[tuple[State, int], State | None] = {}
+
+    @classmethod
+    def for_database(cls, db_path, tokenizer) -> "SchemaConstraint":
+        from sqlcopilot_core.generate import statement_end_ids
+        from sqlcopilot_core.spider import read_schema
+
+        schema = read_schema(db_path)
+        tables = {t.name: [c.name for c in t.columns] for t in schema.tables}
+        banned = frozenset(tokenizer.all_special_ids) - {tokenizer.eos_token_id}
+        return cls(tables, token_texts(tokenizer), tokenizer.eos_token_id, statement_end_ids(tokenizer), banned)
+
+    def start(self) -> State:
+        return State()
+
+    def advance(self, state: State, token: int) -> State | None:
+        key = (state, token)
+        if key in self._cache:
+            return self._cache[key]
+        result = self._advance(state, token)
+        if len(self._cache) > 200_000:
+            self._cache.clear()
+        self._cache[key] = result
+        return result
+
+    def _advance(self, state: State, token: int) -> State | None:
+        if state.ended:
+            return state
+        if token == self.eos_id:
+            return self._end(state)
+        if token in self.banned:
+            return None
+        text = self.token_texts[token]
+        if token in self.stop_ids:
+            cuts = [at for at in (text.find(";"), text.find("\n\n")) if at != -1]
+            if cuts:
+                state = self.feed(state, text[:min(cuts)])
+                return None if state is None else self._end(state)
+        return self.feed(state, text)
+
+    def accepts(self, text: str) -> bool:
+        """Whether `text` is a valid prefix (not necessarily a whole statement)."""
+        return self.feed(State(), text) is not None
+
+    def _end(self, state: State) -> State | None:
+        if state.mode != 0 or state.depth != 0 or state.words == 0:
+            return None
+        if state.word:
+            state = self._complete(state, " ")
+        if state is None or state.qualifier is not None:
+            return None
+        return replace(state, ended=True)
+
+    # --- characters ---------------------------------------------------------------------------------------------
+
+    def feed(self, state: State, text: str) -> State | None:
+        for char in text:
+            state = self._char(state, char)
+            if state is None:
+                return None
+        if state.mode == 0 and state.word and not self._partial_ok(state):
+            return None
+        return state
+
+    def _char(self, state: State, char: str) -> State | None:
+        mode = state.mode
+        if mode:
+            closing = {1: "'", 2: '"', 3: "`", 4: "]"}[mode]
+            return replace(state, mode=0, words=state.words + 1) if char == closing else state
+        if char.isalnum() or char == "_":
+            return replace(state, word=state.word + char.lower())
+        if char == "." and state.word[:1].isdigit():
+            return replace(state, word=state.word + char)
+        if state.word:
+            state = self._complete(state, char)
+            if state is None:
+                return None
+        if char.isspace():
+            return state
+        if char not in SQL_PUNCTUATION:
+            return None
+        if state.context == "table" and char != "(":
+            return None
+        if char == ".":
+            return state  # _complete made the word a qualifier
+        if char in "'\"`[":
+            return replace(state, mode="'\"`[".index(char) + 1, context="")
+        if char == "(":
+            return replace(state, depth=state.depth + 1, clauses=state.clauses + ("",), context="")
+        if char == ")":
+            if state.depth == 0:
+                return None
+            aliases = tuple(a for a in state.aliases if a[0] < state.depth)
+            return replace(state, depth=state.depth - 1, clauses=state.clauses[:-1], aliases=aliases, context="")
+        if char == ",":
+            in_from = state.clauses[-1] == "from"
+            return replace(state, context="table" if in_from else "")
+        if char == ";":
+            return self._end(state) if state.depth == 0 else None
+        if char == "*" and state.qualifier is not None:
+            return replace(state, qualifier=None)
+        return replace(state, context="" if state.context != "table" else "table")
+
+    def _partial_ok(self, state: State) -> bool:
+        """A word cut by the end of a token: can it still become something valid here?"""
+        word = state.word
+        if word[:1].isdigit():
+            return True
+        if state.qualifier is not None:
+            return _has_prefix(self._qualified_columns(state), word)
+        if state.context == "table":
+            return _has_prefix(self.tables, word)
+        if state.context in ("alias", "after_table"):
+            return True
+        return (_has_prefix(self.bare, word) or self._alias_prefix(state, word)
+                or bool(SHORT_ALIAS.fullmatch(word)))
+
+    def _alias_prefix(self, state: State, word: str) -> bool:
+        return any(a[1].startswith(word) for a in state.aliases) or any(n.startswith(word) for n in state.names)
+
+    def _qualified_columns(self, state: State) -> list[str]:
+        qualifier = state.qualifier
+        for depth, alias, table in reversed(state.aliases):
+            if alias == qualifier and depth == state.depth:
+                return self.columns.get(table, self.all_columns) if table else self.all_columns
+        if qualifier in self.columns:
+            return self.columns[qualifier]
+        return self.all_columns
+
+    def _complete(self, state: State, next_char: str) -> State | None:
+        """The word before `next_char` is whole: check it and update the context."""
+        word, state = state.word, replace(state, word="")
+        if word[:1].isdigit():
+            return replace(state, words=state.words + 1, context="")
+        words = state.words + 1
+        if next_char == ".":
+            if state.qualifier is not None:
+                return None  # a.b.c
+            known = word in self.columns or any(a[1] == word for a in state.aliases)
+            if not (known or SHORT_ALIAS.fullmatch(word)):
+                return None
+            return replace(state, qualifier=word, words=words, context="")
+        if state.qualifier is not None:
+            if not self._contains(self._qualified_columns(state), word):
+                return None
+            return replace(state, qualifier=None, words=words, context="")
+        context = state.context
+        if context == "table":
+            if word not in self.columns:
+                return None
+            return replace(state, table=word, words=words, context="after_table")
+        if context == "alias":
+            if state.clauses[-1] == "from":
+                aliases = state.aliases + ((state.depth, word, state.table),)
+                return replace(state, aliases=aliases, words=words, context="")
+            return replace(state, names=state.names + (word,), words=words, context="")
+        if context == "after_table" and word not in KEYWORDS:
+            aliases = state.aliases + ((state.depth, word, state.table),)
+            return replace(state, aliases=aliases, words=words, context="")
+        if word in KEYWORDS:
+            return self._keyword(replace(state, words=words), word)
+        if (self._contains(self.all_columns, word) or word in self.columns
+                or any(a[1] == word for a in state.aliases) or word in state.names):
+            return replace(state, words=words, context="")
+        return None
+
+    def _keyword(self, state: State, word: str) -> State:
+        clauses = state.clauses
+        if word == "from":
+            return replace(state, clauses=clauses[:-1] + ("from",), context="table", table=None)
+        if word == "join":
+            return replace(state, context="table")
+        if word == "as":
+            return replace(state, context="alias")
+        if word in SET_OPERATORS:
+            aliases = tuple(a for a in state.aliases if a[0] < state.depth)
+            return replace(state, clauses=clauses[:-1] + (word,), aliases=aliases, context="", table=None)
+        if word in CLAUSE_WORDS:
+            return replace(state, clauses=clauses[:-1] + (word,), context="")
+        return replace(state, context="")
+
+    @staticmethod
+    def _contains(names: list[str], word: str) -> bool:
+        at = bisect.bisect_left(names, word)
+        return at < len(names) and names[at] == word
+
+
+def token_texts(tokenizer) -> list[str]:
+    """Each token id's text (as decoding it alone gives), cached on the tokenizer."""
+    cached = getattr(tokenizer, "_sqlcopilot_token_texts", None)
+    if cached is None:
+        pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        cached = [tokenizer.convert_tokens_to_string([p]) if p is not None else "" for p in pieces]
+        tokenizer._sqlcopilot_token_texts = cached
+    return cached
+
+
+def check_gold(spider_dir, split: str, tokenizer) -> list[dict]:
+    """Every gold query of a split fed token by token (as training writes it: tokens + end-of-text): the ones the
+    constraint rejects, with the token where it did."""
+    from sqlcopilot_core.packing import target_ids
+    from sqlcopilot_core.spider import load_split
+
+    rejected, constraints = [], {}
+    for example in load_split(spider_dir, split):
+        if example.db_path not in constraints:
+            constraints[example.db_path] = SchemaConstraint.for_database(example.db_path, tokenizer)
+        constraint = constraints[example.db_path]
+        state = constraint.start()
+        ids = target_ids(tokenizer, example.query)
+        for at, token in enumerate(ids):
+            state = constraint.advance(state, token)
+            if state is None:
+                rejected.append({"index": example.index, "db_id": example.db_id, "query": example.query,
+                                 "rejected_at": tokenizer.decode(ids[:at + 1])})
+                break
+    return rejected
+
+
+if __name__ == "__main__":
+    import json
+
+    from transformers import AutoTokenizer
+
+    if len(sys.argv) < 3:
+        sys.exit("usage: python -m sqlcopilot_core.sqlconstraint SPIDER_DIR SPLIT [TOKENIZER_DIR]")
+    tok = AutoTokenizer.from_pretrained(sys.argv[3] if len(sys.argv) > 3 else "work/smollm2_base")
+    bad = check_gold(Path(sys.argv[1]), sys.argv[2], tok)
+    print(json.dumps({"rejected": len(bad), "examples": bad[:20]}, indent=1))

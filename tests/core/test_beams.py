@@ -1,0 +1,146 @@
+"""Beam decoding over a shared prompt, the schema constraint and the execution-guided choice, on the tiny model and
+real SQLite files."""
+
+import sqlite3
+
+import pytest
+import torch
+
+from sqlcopilot_core.beams import beam_search, choose_runnable, hf_beam_generate, prefix_cache
+from sqlcopilot_core.generate import greedy_generate_ids
+from sqlcopilot_core.modeling import tiny_model_and_tokenizer
+from sqlcopilot_core.sqlconstraint import SchemaConstraint, check_gold
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_model_and_tokenizer(seed=0)
+
+
+@pytest.fixture()
+def pets_db(tmp_path):
+    db = tmp_path / "pets.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.executescript("CREATE TABLE pets(id INTEGER PRIMARY KEY, name TEXT, age INTEGER);"
+                           "CREATE TABLE owners(id INTEGER PRIMARY KEY, pet_id INTEGER, owner_name TEXT);"
+                           "INSERT INTO pets VALUES (1, 'Rex', 5), (2, 'Tom', 2);")
+    return db
+
+
+def _sequence_logprob(model, prompt, tokens):
+    ids = torch.tensor([list(prompt) + list(tokens)])
+    with torch.inference_mode():
+        logprobs = model(input_ids=ids).logits[0].float().log_softmax(-1)
+    return sum(float(logprobs[len(prompt) - 1 + i, t]) for i, t in enumerate(tokens))
+
+
+def test_one_beam_is_greedy(tiny):
+    model, tokenizer = tiny
+    for text in ["SELECT name FROM", "a longer prompt about pets and their owners", "x"]:
+        prompt = tokenizer(text).input_ids
+        greedy = greedy_generate_ids(model, [prompt], 12, -1, tokenizer.pad_token_id, stop_at_eos=False)[0]
+        (only,) = hf_beam_generate(model, prompt, 1, 12, None)
+        assert list(only.tokens) == greedy
+
+
+def test_beams_are_ranked_by_their_length_normalized_log_probability(tiny):
+    model, tokenizer = tiny
+    prompt = tokenizer("SELECT count(*) FROM").input_ids
+    stop = frozenset(tokenizer(" ").input_ids[-1:])  # the byte tokenizer's space ends a hypothesis
+    candidates = hf_beam_generate(model, prompt, 4, 10, tokenizer.eos_token_id, stop)
+    assert 1 <= len(candidates) <= 4
+    assert len({c.tokens for c in candidates}) == len(candidates)
+    assert [c.normalized for c in candidates] == sorted((c.normalized for c in candidates), reverse=True)
+    for candidate in candidates:  # a beam's score is its tokens' log-probability, recomputed without the cache
+        assert candidate.score == pytest.approx(_sequence_logprob(model, prompt, candidate.tokens), abs=1e-3)
+    # four beams find a hypothesis at least as probable (unnormalized, same length) as greedy's own
+    greedy = greedy_generate_ids(model, [prompt], 10, -1, tokenizer.pad_token_id, stop_at_eos=False)[0]
+    assert max(c.score for c in candidates if len(c.tokens) == 10) >= _sequence_logprob(model, prompt, greedy) - 1e-4 \
+        if any(len(c.tokens) == 10 for c in candidates) else True
+
+
+def test_bookkeeping_follows_the_spec_on_a_fixed_table():
+    # vocab of 4; token 3 is end-of-text, token 2 a stop id. Logits chosen so the walk order is known.
+    first = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    calls = []
+
+    def step(tokens, parents):
+        calls.append((tokens, parents))
+        return torch.log(torch.tensor([[0.1, 0.1, 0.2, 0.6]] * len(tokens)))
+
+    out = beam_search(first, step, 2, 5, eos_id=3, stop_ids=frozenset({2}))
+    # step 1: live beams [0] (0.5) and [1] (0.3). Step 2 walks [0]+eos (0.30), [1]+eos (0.18), [0]+stop 2 (0.10):
+    # three finished, so decoding ends; ranked by log-probability per token: [0, 2] (log 0.1 / 2) before [0]
+    # (log 0.3) before [1] (log 0.18), and at most two are returned.
+    assert calls == [([0, 1], [0, 0])]
+    assert [c.tokens for c in out] == [(0, 2), (0,)]
+    assert out[1].score == pytest.approx(float(torch.log(torch.tensor(0.5)) + torch.log(torch.tensor(0.6))))
+    assert out[0].normalized == pytest.approx(float(torch.log(torch.tensor(0.1))) / 2, abs=1e-6)
+
+
+def test_prefix_cache_gives_the_same_candidates_as_a_full_prefill(tiny):
+    model, tokenizer = tiny
+    prefix = tokenizer("CREATE TABLE pets(id, name, age);\n").input_ids
+    branch = tokenizer("-- how many pets?\n", add_special_tokens=False).input_ids
+    whole = hf_beam_generate(model, prefix + branch, 3, 8, tokenizer.eos_token_id)
+    cache = prefix_cache(model, prefix)
+    reused = hf_beam_generate(model, prefix + branch, 3, 8, tokenizer.eos_token_id, prefix=(cache, len(prefix)))
+    again = hf_beam_generate(model, prefix + branch, 3, 8, tokenizer.eos_token_id, prefix=(cache, len(prefix)))
+    assert [c.tokens for c in reused] == [c.tokens for c in whole] == [c.tokens for c in again]
+
+
+def test_constraint_accepts_every_dev_gold_query(shared_spider, tiny):
+    # the byte tokenizer cuts every name at every character: the strictest prefix check
+    assert check_gold(shared_spider, "dev", tiny[1]) == []
+
+
+def test_constraint_rejects_names_the_database_does_not_have(pets_db, tiny):
+    constraint = SchemaConstraint.for_database(pets_db, tiny[1])
+    ok = ["SELECT name FROM pets WHERE age > 3", "SELECT T1.name FROM pets AS T1 JOIN owners AS T2 ON T1.id = "
+          "T2.pet_id", "SELECT count(*) FROM pets", "SELECT name FROM pets WHERE name = 'no such (name'"]
+    for sql in ok:
+        assert constraint.accepts(sql), sql
+    bad = ["SELECT colour FROM pets", "SELECT name FROM animals", "SELECT T1.owner_name FROM pets AS T1 WHERE "
+           "T1.owner_name = 'x'", "SELECT name FROM pets)", "SELECT pets.colour FROM pets"]
+    for sql in bad:
+        assert not constraint.accepts(sql), sql
+    # token by token: the end of text is refused inside a string or an open parenthesis
+    tokenizer = tiny[1]
+    state = constraint.start()
+    for token in tokenizer("SELECT name FROM pets WHERE name = 'Rex", add_special_tokens=False).input_ids:
+        state = constraint.advance(state, token)
+    assert state is not None and constraint.advance(state, tokenizer.eos_token_id) is None
+
+
+def test_constrained_beams_only_write_valid_names(pets_db, tiny):
+    model, tokenizer = tiny
+    constraint = SchemaConstraint.for_database(pets_db, tokenizer)
+    prompt = tokenizer("SELECT name FROM ").input_ids
+    start = constraint.feed(constraint.start(), "SELECT name FROM ")
+
+    class FromHere:  # the constraint, continued from the text already in the prompt
+        def start(self):
+            return start
+
+        def advance(self, state, token):
+            return constraint.advance(state, token)
+
+    candidates = hf_beam_generate(model, prompt, 3, 6, tokenizer.eos_token_id, constraint=FromHere())
+    for candidate in candidates:
+        text = "SELECT name FROM " + tokenizer.decode(candidate.tokens)
+        assert constraint.accepts(text), text
+        rest = text[len("SELECT name FROM "):].lstrip()
+        assert rest == "" or rest[0] in "po", text  # a table name starts here: pets or owners
+
+
+def test_guided_choice_skips_a_failing_candidate(pets_db):
+    choice = choose_runnable(["SELECT colour FROM pets", "SELECT name FROM pets", "SELECT age FROM pets"], pets_db)
+    assert (choice.sql, choice.index, choice.tried) == ("SELECT name FROM pets", 1, 2)
+    assert choice.rejected[0]["reason"].startswith("unknown_column") or "colour" in choice.rejected[0]["reason"]
+    empty = choose_runnable(["SELECT name FROM pets WHERE age > 99", "SELECT name FROM pets"], pets_db,
+                            prefer_nonempty=True)
+    assert empty.sql == "SELECT name FROM pets"
+    none = choose_runnable(["SELECT colour FROM pets", "DELETE FROM pets"], pets_db)
+    assert none.sql == "SELECT colour FROM pets" and none.error and none.tried == 2
+    with sqlite3.connect(pets_db) as conn:  # nothing was written
+        assert conn.execute("SELECT count(*) FROM pets").fetchone() == (2,)
