@@ -12,6 +12,9 @@ import sys
 import threading
 from collections import deque
 from pathlib import Path
+from typing import Iterable
+
+from sqlcopilot_core.beams import Candidate
 
 
 class RunnerError(RuntimeError):
@@ -19,12 +22,14 @@ class RunnerError(RuntimeError):
 
 
 class CppRunner:
-    """`with CppRunner(runner, export_dir) as r: r.generate([[1, 2, 3]], 16)` -> [(new_ids, timings)]."""
+    """`with CppRunner(runner, export_dir) as r: r.generate([[1, 2, 3]], 16)` -> [(new_ids, timings)];
+    `r.beams([1, 2, 3], 4, 16)` -> ([beams.Candidate, ...] best first, timings)."""
 
     def __init__(self, runner_path: str | Path, model_dir: str | Path, threads: int | None = None,
-                 env: dict[str, str] | None = None, decode: str = "auto"):
+                 env: dict[str, str] | None = None, decode: str = "auto", prefix_cache: int | None = None):
         """`threads`: intra-op threads (default one per core); `decode`: "kernel" (hand-written kernels, needs
-        AVX-512), "graph" (the graph's decode_step) or "auto" (kernel where the CPU can); `env`: extra environment
+        AVX-512), "graph" (the graph's decode_step) or "auto" (kernel where the CPU can); `prefix_cache`: how many
+        prompt prefixes' caches the runner keeps (its default when None, 0 for none); `env`: extra environment
         for the runner, e.g.
         {"OMP_WAIT_POLICY": "PASSIVE"} on a machine shared with other work, where spinning OpenMP threads of a
         2-thread runner wait on each other and decoding slows ~20x."""
@@ -32,6 +37,8 @@ class CppRunner:
         if not self.runner_path.is_file():
             raise RunnerError(f"{self.runner_path}: runner program not found; run the build stage")
         self.command = [str(self.runner_path), "--model", str(self.model_dir)]
+        if prefix_cache is not None:
+            self.command += ["--prefix-cache", str(prefix_cache)]
         if threads:
             self.command += ["--threads", str(threads)]
         if decode != "auto":
@@ -67,21 +74,50 @@ class CppRunner:
         self.process = None
 
     def generate(self, ids_list: list[list[int]], max_new_tokens: int, return_logits: bool = False,
-                 stop_at_eos: bool = True) -> list[tuple[list[int], dict]]:
-        """Greedy new tokens per prompt, with timings {prefill_ms, decode_ms, new_tokens, decode} (and
-        first_logits, step_logits: the logits the first and second tokens were chosen from). stop_at_eos=False
-        decodes exactly max_new_tokens tokens (how decode speed is measured)."""
-        return [self._request(list(map(int, ids)), max_new_tokens, return_logits, stop_at_eos) for ids in ids_list]
+                 stop_at_eos: bool = True, prefix_len: int = 0, stop_ids: Iterable[int] = (),
+                 stop_at_statement_end: bool = False) -> list[tuple[list[int], dict]]:
+        """Greedy new tokens per prompt, with timings {prefill_ms, decode_ms, new_tokens, decode, prefix_reused}
+        (and first_logits, step_logits: the logits the first and second tokens were chosen from). stop_at_eos=False
+        decodes exactly max_new_tokens tokens (how decode speed is measured). `prefix_len`: the first tokens of
+        each prompt are a prefix whose cache the runner keeps and reuses (a database's schema). Decoding also ends
+        after a token of `stop_ids`, or of the export's statement-end tokens with `stop_at_statement_end`."""
+        extra = self._decode_fields(prefix_len, stop_ids, stop_at_statement_end)
+        results = []
+        for ids in ids_list:
+            reply = self._request({"input_ids": list(map(int, ids)), "max_new_tokens": max_new_tokens,
+                                   "return_logits": return_logits, "stop_at_eos": stop_at_eos, **extra})
+            timings = {key: reply[key] for key in ("prefill_ms", "decode_ms", "new_tokens", "decode", "prefix_reused")}
+            if return_logits:
+                timings["first_logits"], timings["step_logits"] = reply["first_logits"], reply["step_logits"]
+            results.append((reply["output_ids"], timings))
+        return results
 
-    def _request(self, ids: list[int], max_new_tokens: int, return_logits: bool,
-                 stop_at_eos: bool = True) -> tuple[list[int], dict]:
+    def beams(self, ids: list[int], num_beams: int, max_new_tokens: int, prefix_len: int = 0,
+              stop_ids: Iterable[int] = (), stop_at_statement_end: bool = False,
+              stop_at_eos: bool = True) -> tuple[list[Candidate], dict]:
+        """Beam candidates after one prompt, best first (sqlcopilot_core.beams' rule), with timings {prefill_ms,
+        decode_ms, steps, decode, prefix_reused}; the other arguments as for `generate`."""
+        reply = self._request({"input_ids": list(map(int, ids)), "num_beams": num_beams,
+                               "max_new_tokens": max_new_tokens, "stop_at_eos": stop_at_eos,
+                               **self._decode_fields(prefix_len, stop_ids, stop_at_statement_end)})
+        candidates = [Candidate(tuple(beam["output_ids"]), beam["score"]) for beam in reply["beams"]]
+        return candidates, {key: reply[key] for key in ("prefill_ms", "decode_ms", "steps", "decode", "prefix_reused")}
+
+    @staticmethod
+    def _decode_fields(prefix_len: int, stop_ids: Iterable[int], stop_at_statement_end: bool) -> dict:
+        fields: dict = {"prefix_len": prefix_len} if prefix_len else {}
+        if stop_ids:
+            fields["stop_ids"] = sorted(map(int, stop_ids))
+        if stop_at_statement_end:
+            fields["stop_at_statement_end"] = True
+        return fields
+
+    def _request(self, request: dict) -> dict:
         if self.process is None:
             raise RunnerError("CppRunner is not started (use it as a context manager)")
         self._next_id += 1
-        request = {"id": self._next_id, "input_ids": ids, "max_new_tokens": max_new_tokens,
-                   "return_logits": return_logits, "stop_at_eos": stop_at_eos}
         try:
-            self.process.stdin.write(json.dumps(request) + "\n")
+            self.process.stdin.write(json.dumps({"id": self._next_id, **request}) + "\n")
             self.process.stdin.flush()
             line = self.process.stdout.readline()
         except BrokenPipeError:
@@ -94,10 +130,7 @@ class CppRunner:
         reply = json.loads(line)
         if "error" in reply:
             raise RunnerError(f"runner refused request {self._next_id}: {reply['error']}")
-        timings = {key: reply[key] for key in ("prefill_ms", "decode_ms", "new_tokens", "decode")}
-        if return_logits:
-            timings["first_logits"], timings["step_logits"] = reply["first_logits"], reply["step_logits"]
-        return reply["output_ids"], timings
+        return reply
 
     def _drain_stderr(self) -> None:
         process = self.process
