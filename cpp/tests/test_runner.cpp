@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <functional>
@@ -12,6 +13,7 @@
 #include <sstream>
 #include <string>
 
+#include "sqlcopilot/beams.h"
 #include "sqlcopilot/json.h"
 #include "sqlcopilot/runner.h"
 #include "sqlcopilot/sha256.h"
@@ -138,6 +140,52 @@ void manifest_tests() {
   });
 }
 
+// Beam search bookkeeping on given logits; the expected candidates are sqlcopilot_core.beams.beam_search's.
+void beam_search_tests() {
+  using sqlcopilot::beam_search;
+  auto zeros = [](const std::vector<int64_t>& tokens, const std::vector<int64_t>&) {
+    return at::zeros({static_cast<int64_t>(tokens.size()), 3});
+  };
+  auto tokens_of = [](const sqlcopilot::BeamSearchResult& result) {
+    std::vector<std::vector<int64_t>> out;
+    for (const auto& hypothesis : result.hypotheses) out.push_back(hypothesis.tokens);
+    return out;
+  };
+  using Tokens = std::vector<std::vector<int64_t>>;
+  run("beam search walks equal scores by flat index", [&] {
+    check(tokens_of(beam_search(at::zeros({1, 3}), zeros, 2, 2, -1, {})) == Tokens{{0, 0}, {0, 1}}, "two steps");
+    check(tokens_of(beam_search(at::zeros({1, 3}), zeros, 3, 4, -1, {})) == Tokens{{0, 0, 0, 0}, {0, 0, 0, 1},
+                                                                                   {0, 0, 0, 2}}, "four steps");
+  });
+  run("beam search leaves end-of-text out and keeps a stop token", [&] {
+    auto ended = beam_search(at::zeros({1, 3}), zeros, 2, 3, 0, {});
+    check(tokens_of(ended) == Tokens{{}, {1}}, "end-of-text excluded");
+    check(std::abs(ended.hypotheses[0].score + std::log(3.0)) < 1e-6, "score of one token");
+    check(tokens_of(beam_search(at::zeros({1, 3}), zeros, 2, 3, -1, {1})) == Tokens{{1}, {0, 1}}, "stop kept");
+  });
+  run("beam search equals the Python bookkeeping on random logits", [&] {
+  const std::vector<float> first{0.8032760620117188f, 0.17483338713645935f, 0.08897809684276581f, -0.6137180328369141f, 0.04618244990706444f};
+  const std::vector<std::vector<float>> steps{
+      {-0.3397901654243469f, 0.22252526879310608f, 0.3169765770435333f, 1.1059221029281616f, -0.47603094577789307f, -0.2929125428199768f, -0.3480893075466156f, 0.3487463593482971f, 0.037066876888275146f, -0.06768558919429779f, 0.4290330410003662f, -0.8681192398071289f, -0.2712145745754242f, 0.1416284739971161f, 0.1295178234577179f, 0.68141108751297f, -0.9583004117012024f, 0.06392408162355423f, 0.6589139103889465f, 0.8194591999053955f},
+      {-0.4554239511489868f, 2.2124183177948f, -0.3769857585430145f, -0.14368392527103424f, -1.5834941864013672f, 1.396010398864746f, -1.0318877696990967f, 1.139088749885559f, 0.7247462868690491f, 1.0795444250106812f, 1.7302472591400146f, -1.4712682962417603f, -0.6336275339126587f, -0.7893383502960205f, -0.8977332711219788f, -1.887571930885315f, 0.33604028820991516f, 0.5009264945983887f, 0.54664146900177f, -0.2644413411617279f},
+      {1.985876202583313f, 0.3624759018421173f, -1.3898112773895264f, -0.1593458503484726f, 0.6622939705848694f, 0.6229128241539001f, 0.44629180431365967f, 0.7688117027282715f, 1.5659347772598267f, 0.5320292711257935f, -1.4387000799179077f, 1.6551365852355957f, 1.1658138036727905f, 0.5865955352783203f, 0.7771251201629639f, 0.4042048156261444f, -0.8635967969894409f, -0.20782116055488586f, 0.6749412417411804f, -0.32824742794036865f},
+      {-1.1930874586105347f, -0.1355794221162796f, 0.2841276526451111f, -0.7730647325515747f, -0.004910103976726532f, 1.1813240051269531f, 0.749763011932373f, 1.4698725938796997f, -0.7927440404891968f, 1.054685354232788f, 1.2911229133605957f, 0.15998074412345886f, -0.19182737171649933f, -0.12418173998594284f, 0.9562766551971436f, -0.11481881886720657f, -0.4096315801143646f, -0.03513122349977493f, -0.5313589572906494f, 0.07762913405895233f},
+      {1.7882674932479858f, 1.2003782987594604f, -0.10646245628595352f, -0.7082407474517822f, -0.6555156111717224f, -1.7448302507400513f, -1.0484509468078613f, 0.32687434554100037f, 2.269596576690674f, -1.2888683080673218f, 2.35880970954895f, 1.4992918968200684f, -0.35192355513572693f, -0.9714972376823425f, -1.576499342918396f, -0.6823283433914185f, 0.6351849436759949f, -0.025467637926340103f, -0.3331815004348755f, 1.9829663038253784f},
+      {0.3362199068069458f, 0.5766449570655823f, 0.20281292498111725f, 1.5771853923797607f, 1.1798197031021118f, 1.3848446607589722f, -0.5435452461242676f, 0.258341521024704f, 0.42427095770835876f, -0.9968201518058777f, -0.943638026714325f, -0.9895361661911011f, 2.685619354248047f, 0.4110358953475952f, -0.18234893679618835f, -0.447324275970459f, -1.1935678720474243f, 0.04493316262960434f, 1.0485483407974243f, -1.5466477870941162f},
+  };
+  const std::vector<std::vector<int64_t>> tokens{{0, 3}, {2, 0, 3}, {}, {3}};
+  const std::vector<double> scores{-1.842672049999237, -4.095452785491943, -1.7630155086517334, -2.4229159355163574};
+    size_t next = 0;
+    auto step = [&](const std::vector<int64_t>& fed, const std::vector<int64_t>&) {
+      auto logits = at::tensor(steps.at(next++)).view({4, 5});
+      return logits.narrow(0, 0, static_cast<int64_t>(fed.size()));
+    };
+    auto result = beam_search(at::tensor(first).view({1, 5}), step, 4, 5, 4, {3});
+    check(tokens_of(result) == tokens, "tokens");
+    for (size_t i = 0; i < scores.size(); ++i) check(std::abs(result.hypotheses[i].score - scores[i]) < 1e-9, "score");
+  });
+}
+
 std::vector<int64_t> ints(const Json& array) {
   std::vector<int64_t> out;
   for (const auto& item : array.as_array()) out.push_back(item.as_int());
@@ -192,6 +240,7 @@ int main(int argc, char** argv) {
   at::set_num_threads(1);
   json_tests();
   manifest_tests();
+  beam_search_tests();
   const char* export_dir = argc > 1 ? argv[1] : std::getenv("SQLCOPILOT_TEST_EXPORT");
   const char* cases = argc > 2 ? argv[2] : std::getenv("SQLCOPILOT_TEST_CASES");
   if (export_dir && cases) {
