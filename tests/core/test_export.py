@@ -115,6 +115,25 @@ def test_export_greedy_equals_transformers_greedy(model_dir, exported_dir):
         assert exported.generate_exported(ids, 20) == hf_greedy(model, ids, 20, tokenizer.eos_token_id)
 
 
+def test_exported_beams_follow_transformers_beams_and_one_beam_is_greedy(model_dir, exported_dir):
+    """The graph's beam reference (decode_beams over a shared prompt cache) gives beams.hf_beam_generate's
+    candidates; with one beam it is greedy decoding (end-of-text left out); a prefix prefilled first changes
+    nothing."""
+    from sqlcopilot_core.beams import hf_beam_generate
+
+    model, tokenizer = load_model(model_dir)
+    exported = load_exported(exported_dir)
+    for prompt in PROMPTS:
+        ids = prompt_ids(tokenizer, prompt)[0].tolist()
+        beams = exported.beams_exported(ids, 3, 12)
+        with torch.inference_mode():
+            assert [c.tokens for c in beams] == [c.tokens for c in hf_beam_generate(model, ids, 3, 12,
+                                                                                     tokenizer.eos_token_id)]
+        assert [c.tokens for c in exported.beams_exported(ids, 3, 12, prefix_len=4)] == [c.tokens for c in beams]
+        greedy = [t for t in exported.generate_exported(ids, 12) if t != tokenizer.eos_token_id]
+        assert [list(c.tokens) for c in exported.beams_exported(ids, 1, 12)] == [greedy]
+
+
 def test_export_folder_holds_graph_tokenizer_and_manifest(model_dir, exported_dir):
     assert {p.name for p in exported_dir.iterdir()} == {"decoder.pt", "manifest.json", "tokenizer.json",
                                                          "tokenizer_config.json"}
