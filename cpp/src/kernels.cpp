@@ -28,45 +28,30 @@ inline bf16 round_to<bf16>(float v) { return bf16(v); }  // round to nearest eve
 
 // ---- matrix products y[n] = W x[n] for up to kMaxRows vectors x[n], W [rows, cols] row-major --------------------
 //
-// Each thread takes one contiguous block of rows and reads it front to back, one row at a time: a single sequential
-// stream per core is what the memory system serves fastest (measured here: about 12% faster than four interleaved
-// row streams). The hardware prefetchers follow such a stream on their own; software prefetches 1 KiB ahead made it
-// 12-15% slower in a streaming microbenchmark here (2026-12-02). A row is read from memory once for all vectors
-// (beams): up to four vectors at a time from registers, the next four from the L1 copy. Per vector the sum runs
-// in the one-vector order (four accumulators over 64-wide steps), so a row's result is the same bits whether it is
-// computed alone or beside other beams.
+// Each thread takes one contiguous block of rows and reads it front to back, one row at a time with four independent
+// accumulators: a single sequential stream per core is what the memory system serves fastest (measured here: about
+// 12% faster than four interleaved row streams). The hardware prefetchers follow such a stream on their own;
+// software prefetches 1 KiB ahead made it 12-15% slower in a streaming microbenchmark here (2026-12-02). That is
+// one vector (greedy decoding); several vectors (beams) read the weights once for all of them, see below.
 
-template <int G>
-__attribute__((target("avx512f"))) inline void dot_row_f32(const float* row, const float* x, int64_t x_stride,
-                                                           float* y, int64_t y_stride, int64_t full, int64_t cols) {
+__attribute__((target("avx512f"))) void gemv_rows_f32(const float* w, const float* x, float* y, int64_t begin,
+                                                      int64_t end, int64_t cols) {
+  const int64_t full = cols / 16 * 16;
   const __mmask16 tail = static_cast<__mmask16>((1u << (cols - full)) - 1u);
-  __m512 a[G][4];
-  for (int g = 0; g < G; ++g)
-    for (int j = 0; j < 4; ++j) a[g][j] = _mm512_setzero_ps();
-  int64_t k = 0;
-  for (; k + 64 <= full; k += 64) {
-    const __m512 w0 = _mm512_loadu_ps(row + k), w1 = _mm512_loadu_ps(row + k + 16);
-    const __m512 w2 = _mm512_loadu_ps(row + k + 32), w3 = _mm512_loadu_ps(row + k + 48);
-    for (int g = 0; g < G; ++g) {
-      const float* v = x + g * x_stride + k;
-      a[g][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(v), a[g][0]);
-      a[g][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(v + 16), a[g][1]);
-      a[g][2] = _mm512_fmadd_ps(w2, _mm512_loadu_ps(v + 32), a[g][2]);
-      a[g][3] = _mm512_fmadd_ps(w3, _mm512_loadu_ps(v + 48), a[g][3]);
+  for (int64_t r = begin; r < end; ++r) {
+    const float* row = w + r * cols;
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 64 <= full; k += 64) {
+      a0 = _mm512_fmadd_ps(_mm512_loadu_ps(row + k), _mm512_loadu_ps(x + k), a0);
+      a1 = _mm512_fmadd_ps(_mm512_loadu_ps(row + k + 16), _mm512_loadu_ps(x + k + 16), a1);
+      a2 = _mm512_fmadd_ps(_mm512_loadu_ps(row + k + 32), _mm512_loadu_ps(x + k + 32), a2);
+      a3 = _mm512_fmadd_ps(_mm512_loadu_ps(row + k + 48), _mm512_loadu_ps(x + k + 48), a3);
     }
+    for (; k < full; k += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(row + k), _mm512_loadu_ps(x + k), a0);
+    if (tail) a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, row + full), _mm512_maskz_loadu_ps(tail, x + full), a0);
+    y[r] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
   }
-  for (; k < full; k += 16) {
-    const __m512 w = _mm512_loadu_ps(row + k);
-    for (int g = 0; g < G; ++g) a[g][0] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x + g * x_stride + k), a[g][0]);
-  }
-  if (tail) {
-    const __m512 w = _mm512_maskz_loadu_ps(tail, row + full);
-    for (int g = 0; g < G; ++g)
-      a[g][0] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(tail, x + g * x_stride + full), a[g][0]);
-  }
-  for (int g = 0; g < G; ++g)
-    y[g * y_stride] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[g][0], a[g][1]),
-                                                         _mm512_add_ps(a[g][2], a[g][3])));
 }
 
 #define SQLCOPILOT_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
@@ -78,42 +63,32 @@ SQLCOPILOT_BF16_TARGET inline __m512 dot(__m512 acc, __m512i a, __m512i b) {
 
 // bfloat16 weights and input, float32 accumulation (VDPBF16PS multiplies pairs exactly and adds in float32), the
 // result rounded to bfloat16 like oneDNN's bfloat16 matmul output.
-template <int G>
-SQLCOPILOT_BF16_TARGET inline void dot_row_bf16(const bf16* row, const bf16* x, int64_t x_stride, bf16* y,
-                                                int64_t y_stride, int64_t full, int64_t cols) {
+SQLCOPILOT_BF16_TARGET void gemv_rows_bf16(const bf16* w, const bf16* x, bf16* y, int64_t begin, int64_t end,
+                                           int64_t cols) {
+  const int64_t full = cols / 32 * 32;
   const __mmask32 tail = static_cast<__mmask32>((cols - full) == 0 ? 0u : ((1ull << (cols - full)) - 1ull));
-  __m512 a[G][4];
-  for (int g = 0; g < G; ++g)
-    for (int j = 0; j < 4; ++j) a[g][j] = _mm512_setzero_ps();
-  int64_t k = 0;
-  for (; k + 128 <= full; k += 128) {
-    const __m512i w0 = load(row + k), w1 = load(row + k + 32), w2 = load(row + k + 64), w3 = load(row + k + 96);
-    for (int g = 0; g < G; ++g) {
-      const bf16* v = x + g * x_stride + k;
-      a[g][0] = dot(a[g][0], w0, load(v));
-      a[g][1] = dot(a[g][1], w1, load(v + 32));
-      a[g][2] = dot(a[g][2], w2, load(v + 64));
-      a[g][3] = dot(a[g][3], w3, load(v + 96));
+  for (int64_t r = begin; r < end; ++r) {
+    const bf16* row = w + r * cols;
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 128 <= full; k += 128) {
+      a0 = dot(a0, load(row + k), load(x + k));
+      a1 = dot(a1, load(row + k + 32), load(x + k + 32));
+      a2 = dot(a2, load(row + k + 64), load(x + k + 64));
+      a3 = dot(a3, load(row + k + 96), load(x + k + 96));
     }
+    for (; k < full; k += 32) a0 = dot(a0, load(row + k), load(x + k));
+    if (tail) a0 = dot(a0, _mm512_maskz_loadu_epi16(tail, row + full), _mm512_maskz_loadu_epi16(tail, x + full));
+    y[r] = bf16(_mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3))));
   }
-  for (; k < full; k += 32) {
-    const __m512i w = load(row + k);
-    for (int g = 0; g < G; ++g) a[g][0] = dot(a[g][0], w, load(x + g * x_stride + k));
-  }
-  if (tail) {
-    const __m512i w = _mm512_maskz_loadu_epi16(tail, row + full);
-    for (int g = 0; g < G; ++g)
-      a[g][0] = dot(a[g][0], w, _mm512_maskz_loadu_epi16(tail, x + g * x_stride + full));
-  }
-  for (int g = 0; g < G; ++g)
-    y[g * y_stride] = bf16(_mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[g][0], a[g][1]),
-                                                              _mm512_add_ps(a[g][2], a[g][3]))));
 }
 
 // Several vectors (beams): R rows times G vectors at a time, one accumulator per pair over 16 (float32) or 32
 // (bfloat16) wide steps. A weight row is used for G vectors per load and a vector for R rows, so a step takes
-// (R + G) loads for R * G products, where the one-vector order above would take five loads per four: with eight
-// beams the products, not the weights' stream, set the pace (measured: about 40% of a step's time went to loads).
+// (R + G) loads for R * G products (the one-vector order above, per vector, would take five loads per four). With
+// that much arithmetic per byte the hardware prefetchers alone let the weight loads stall (measured with perf: over
+// half of an 8-beam step), so the first pass over a block prefetches the next block into L2; an 8-beam step then
+// cost about 1.7x a greedy one instead of 2.5x (one thread, float32 SmolLM2-135M, 2026-12-03).
 template <int R, int G>
 __attribute__((target("avx512f"))) inline void block_f32(const float* w, int64_t cols, const float* x,
                                                          int64_t x_stride, float* y, int64_t y_stride, int64_t full,
@@ -175,12 +150,9 @@ SQLCOPILOT_BF16_TARGET inline void block_bf16(const bf16* w, int64_t cols, const
 
 // y[n][r] = W[r] . x[n] for weight rows [begin, end) and vectors n < count (x[n] = x + n * x_stride, likewise y):
 // one vector in the one-vector order (greedy decoding), several in blocks of four rows times up to four vectors.
-#define SQLCOPILOT_ROWS_TIMES_VECTORS(DOT, BLOCK, WIDTH)                                          \
+#define SQLCOPILOT_ROWS_TIMES_VECTORS(ONE, BLOCK, WIDTH)                                          \
+  if (count == 1) return ONE(w, x, y, begin, end, cols);                                          \
   const int64_t full = cols / (WIDTH) * (WIDTH);                                                  \
-  if (count == 1) {                                                                               \
-    for (int64_t r = begin; r < end; ++r) DOT<1>(w + r * cols, x, x_stride, y + r, y_stride, full, cols); \
-    return;                                                                                       \
-  }                                                                                               \
   for (int64_t r = begin; r < end;) {                                                             \
     const bool four = r + 4 <= end;                                                               \
     for (int64_t n = 0; n < count; n += 4) {                                                      \
@@ -205,11 +177,11 @@ SQLCOPILOT_BF16_TARGET inline void block_bf16(const bf16* w, int64_t cols, const
 __attribute__((target("avx512f"))) void gemv_rows(const float* w, const float* x, int64_t x_stride, float* y,
                                                   int64_t y_stride, int64_t count, int64_t begin, int64_t end,
                                                   int64_t cols) {
-  SQLCOPILOT_ROWS_TIMES_VECTORS(dot_row_f32, block_f32, 16)
+  SQLCOPILOT_ROWS_TIMES_VECTORS(gemv_rows_f32, block_f32, 16)
 }
 SQLCOPILOT_BF16_TARGET void gemv_rows(const bf16* w, const bf16* x, int64_t x_stride, bf16* y, int64_t y_stride,
                                       int64_t count, int64_t begin, int64_t end, int64_t cols) {
-  SQLCOPILOT_ROWS_TIMES_VECTORS(dot_row_bf16, block_bf16, 32)
+  SQLCOPILOT_ROWS_TIMES_VECTORS(gemv_rows_bf16, block_bf16, 32)
 }
 
 // Thread `thread` of `threads`: its share [begin, end) of `count` items, in blocks of `align`.
