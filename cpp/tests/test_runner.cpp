@@ -126,6 +126,10 @@ void manifest_tests() {
     check(manifest.stop_token_ids == std::vector<int64_t>{3, 5}, "stop token ids");
     check(manifest.checked_bytes == 11, "the graph's 11 bytes checked");
   });
+  run("a version-2 manifest loads, without stop tokens", [] {
+    auto manifest = sqlcopilot::load_manifest(manifest_dir("v2", manifest_text(sqlcopilot::kExportFormat, "2")));
+    check(manifest.stop_token_ids.empty() && manifest.eos_token_id == 9, "fields");
+  });
   run("a file whose checksum differs is refused, naming the file", [] {
     const std::string other(64, '0');
     auto message = refusal(manifest_dir("checksum", manifest_text(sqlcopilot::kExportFormat, "2", other)));
