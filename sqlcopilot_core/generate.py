@@ -237,7 +237,7 @@ def predict_details(model, tokenizer, examples: list[Example], config: PredictCo
                                                   stop_ids, constraint, prefix=cache)
                     sqls = [extract_sql(tokenizer.decode(c.tokens, skip_special_tokens=True)) for c in candidates]
                     sqls = sqls or [""]
-                    answer = {"sql": sqls[0], "candidates": len(candidates)}
+                    answer = {"sql": sqls[0], "candidates": len(candidates), "candidate_sqls": sqls}
                     if config.decoding == "guided":
                         choice = choose_runnable(sqls, db_path, timeout_s=config.exec_timeout_s,
                                                  prefer_nonempty=config.prefer_nonempty)
