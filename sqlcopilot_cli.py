@@ -136,14 +136,19 @@ def cmd_ask(args) -> int:
         items = [{"db": args.db, "question": args.question}]
     else:
         raise ValueError("give --db and a question, or --batch FILE")
-    for item in items:
-        answer = copilot.ask(runtime, item["db"], item["question"], execute=args.execute,
-                             max_new_tokens=args.max_new_tokens, prompt=prompt_override(args, runtime.export_dir),
-                             **decoding_settings(args))
+    answers = copilot.ask_many(runtime, [(item["db"], item["question"]) for item in items], execute=args.execute,
+                               prompt=prompt_override(args, runtime.export_dir), max_new_tokens=args.max_new_tokens,
+                               progress=len(items) > 1, **decoding_settings(args))
+    for answer in answers:
         if args.json:
             print(json.dumps(answer, default=str))
             continue
         print(f"-- {answer['question']}  ({answer['db']}, {answer['seconds']:.2f} s)")
+        if answer.get("tried"):
+            print(f"-- {args.decoding} decoding: candidate {answer['chosen'] + 1} of {answer['candidates']} chosen "
+                  f"after trying {answer['tried']}"
+                  + "".join(f"\n--   #{r['index'] + 1} rejected: {r['reason']}" for r in answer["rejected"])
+                  + (f"\n-- no candidate ran: {answer['error']}" if answer.get("error") else ""))
         print(answer["sql"] + ";")
         if args.execute:
             if answer["error_kind"]:
