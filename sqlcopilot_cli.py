@@ -83,6 +83,23 @@ def add_prompt_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--value-hints", type=int, help="lines of matching cell values shown (0 = none)")
 
 
+def add_decoding_options(parser: argparse.ArgumentParser, default: str) -> None:
+    group = parser.add_argument_group("decoding")
+    group.add_argument("--decoding", default=default, choices=["greedy", "beam", "guided"],
+                       help=f"greedy; beam: the most probable of --num-beams candidates; guided: the most probable "
+                            f"candidate that executes read-only (default {default})")
+    group.add_argument("--num-beams", type=int, default=4, help="beams of beam and guided decoding (default 4)")
+    group.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=False,
+                       help="allow only tokens that can still make valid SQL over the database's names")
+    group.add_argument("--prefer-nonempty", action="store_true",
+                       help="guided: prefer the first candidate whose result has rows")
+
+
+def decoding_settings(args) -> dict:
+    return {"decoding": args.decoding, "num_beams": args.num_beams, "constrained": args.constrained,
+            "prefer_nonempty": args.prefer_nonempty}
+
+
 def cmd_predict(args) -> int:
     from sqlcopilot_core.generate import predict_examples, write_predictions_jsonl
     from sqlcopilot_core.modeling import load_model
@@ -91,7 +108,7 @@ def cmd_predict(args) -> int:
     from sqlcopilot_core.spider import load_split
 
     examples = load_split(resolve_spider_dir(args.spider_dir), args.split)[: args.limit]
-    config = EvalConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    config = EvalConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, **decoding_settings(args))
     if args.runtime == "cpp":
         from sqlcopilot_core.copilot import predict_with_runner, resolve_runtime
 
@@ -119,13 +136,19 @@ def cmd_ask(args) -> int:
         items = [{"db": args.db, "question": args.question}]
     else:
         raise ValueError("give --db and a question, or --batch FILE")
-    for item in items:
-        answer = copilot.ask(runtime, item["db"], item["question"], execute=args.execute,
-                             max_new_tokens=args.max_new_tokens, prompt=prompt_override(args, runtime.export_dir))
+    answers = copilot.ask_many(runtime, [(item["db"], item["question"]) for item in items], execute=args.execute,
+                               prompt=prompt_override(args, runtime.export_dir), max_new_tokens=args.max_new_tokens,
+                               progress=len(items) > 1, **decoding_settings(args))
+    for answer in answers:
         if args.json:
             print(json.dumps(answer, default=str))
             continue
         print(f"-- {answer['question']}  ({answer['db']}, {answer['seconds']:.2f} s)")
+        if answer.get("tried"):
+            print(f"-- {args.decoding} decoding: candidate {answer['chosen'] + 1} of {answer['candidates']} chosen "
+                  f"after trying {answer['tried']}"
+                  + "".join(f"\n--   #{r['index'] + 1} rejected: {r['reason']}" for r in answer["rejected"])
+                  + (f"\n-- no candidate ran: {answer['error']}" if answer.get("error") else ""))
         print(answer["sql"] + ";")
         if args.execute:
             if answer["error_kind"]:
@@ -195,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--runtime", default="python", choices=["python", "cpp"])
     predict.add_argument("--runner", help="sqlcopilot-runner program for --runtime cpp (default: the build artifact's)")
     add_prompt_options(predict)
+    add_decoding_options(predict, "greedy")
     predict.set_defaults(func=cmd_predict)
 
     ask = sub.add_parser("ask", help="ask a SQLite database a question through the compiled model (C++ runtime)")
@@ -207,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--json", action="store_true", help="print one JSON object per answer")
     ask.add_argument("--max-new-tokens", type=int, default=128)
     add_prompt_options(ask)
+    add_decoding_options(ask, "guided")
     ask.set_defaults(func=cmd_ask)
 
     stats = sub.add_parser("schema-stats", help="prompt statistics of a Spider-format folder as JSON: how often the "

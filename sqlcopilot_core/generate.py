@@ -10,6 +10,7 @@ it is as fast on a CPU, it never samples whatever the model's generation_config 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from dataclasses import dataclass
@@ -42,17 +43,29 @@ def model_device(model) -> torch.device:
 
 @torch.inference_mode()
 def greedy_generate_ids(model, prompt_ids: list[list[int]], max_new_tokens: int, eos_id: int, pad_id: int,
-                        stop_at_eos: bool = True, stop_ids: frozenset[int] = frozenset()) -> list[list[int]]:
+                        stop_at_eos: bool = True, stop_ids: frozenset[int] = frozenset(),
+                        prefix=None) -> list[list[int]]:
     """Greedy continuations (eos excluded) of one batch of token-id prompts, using the model's KV cache.
 
     A row also ends after a token of `stop_ids` (kept in its output): one that ends a statement, since only the
     first statement is used, so a model that never says end-of-text does not decode to the length limit.
+    `prefix`: (cache, length) of a prefix every prompt starts with (beams.prefix_cache): only the rest of each
+    prompt is computed; the rows are left-padded after the prefix, where the mask hides the padding.
     """
-    if any(not p for p in prompt_ids):
-        raise ValueError("greedy_generate_ids: every prompt needs at least one token")
+    cached, skip = prefix if prefix is not None else (None, 0)
+    rest = [p[skip:] for p in prompt_ids]
+    if any(not p for p in rest):
+        raise ValueError("greedy_generate_ids: every prompt needs at least one token (after its cached prefix)")
     device = model_device(model)
-    ids, mask, positions = (t.to(device) for t in left_pad(prompt_ids, pad_id))
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    ids, mask, positions = (t.to(device) for t in left_pad(rest, pad_id))
+    cache = None
+    if cached is not None:
+        cache = copy.deepcopy(cached)
+        cache.reorder_cache(torch.zeros(len(rest), dtype=torch.long, device=device))
+        mask = torch.cat([mask.new_ones((len(rest), skip)), mask], dim=1)
+        positions = positions + skip
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+                logits_to_keep=1)
     cache, outputs = out.past_key_values, [[] for _ in prompt_ids]
     done = torch.zeros(len(prompt_ids), dtype=torch.bool, device=device)
     for step in range(max_new_tokens):
@@ -114,6 +127,19 @@ def greedy_generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
     return results
 
 
+DECODINGS = ("greedy", "beam", "guided")
+
+
+def check_decoding(decoding: str, num_beams: int, where: str) -> None:
+    if decoding not in DECODINGS:
+        raise ValueError(f"{where}.decoding: {decoding!r} is not one of {', '.join(DECODINGS)}")
+    if not 1 <= num_beams <= MAX_BEAMS:
+        raise ValueError(f"{where}.num_beams: {num_beams} is not between 1 and {MAX_BEAMS}")
+
+
+MAX_BEAMS = 16
+
+
 @dataclass(frozen=True)
 class PredictConfig:
     """How a model answers Spider questions when it is scored."""
@@ -126,6 +152,19 @@ class PredictConfig:
     """Prompts generated together (left-padded)."""
     limit: int | None = None
     """Score only the first `limit` dev examples (None = all)."""
+    decoding: str = "greedy"
+    """greedy | beam (the most probable of num_beams candidates) | guided (the most probable candidate that
+    executes in the read-only sandbox; sqlcopilot_core/beams.py)."""
+    num_beams: int = 4
+    """Beams of `beam` and `guided` decoding."""
+    constrained: bool = False
+    """Allow only tokens that can still make valid SQL over the database's names (sqlcopilot_core/sqlconstraint.py)."""
+    prefer_nonempty: bool = False
+    """guided: prefer the first candidate whose result has rows."""
+    exec_timeout_s: float = 2.0
+    """guided: time limit per candidate executed."""
+    prefix_reuse: bool = True
+    """Compute each database's schema prefix once and reuse its cache for every question about it."""
 
     def __post_init__(self):
         if self.max_new_tokens < 1 or self.batch_size < 1:
@@ -133,6 +172,7 @@ class PredictConfig:
                              f"({self.batch_size}) must be >= 1")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"PredictConfig.limit must be >= 1 or None, got {self.limit}")
+        check_decoding(self.decoding, self.num_beams, "PredictConfig")
 
 
 def example_prompt_ids(examples: list[Example], settings: PromptSettings, tokenizer) -> list[list[int]]:
@@ -143,10 +183,71 @@ def example_prompt_ids(examples: list[Example], settings: PromptSettings, tokeni
 
 def predict_examples(model, tokenizer, examples: list[Example], config: PredictConfig, progress=True) -> list[str]:
     """One predicted SQL statement per example (the first `config.limit` examples when a limit is set)."""
+    return [answer["sql"] for answer in predict_details(model, tokenizer, examples, config, progress)]
+
+
+def predict_details(model, tokenizer, examples: list[Example], config: PredictConfig, progress=True) -> list[dict]:
+    """Per example {"sql", and for beam/guided decoding "candidates", "tried", "rejected", "chosen", "error"}.
+
+    Examples are grouped by their schema prefix: with `prefix_reuse` it is computed once per group and every
+    question's prompt continues from its cache (the tokens are those of a full prefill: tests/core/test_beams.py).
+    """
+    from sqlcopilot_core.beams import choose_runnable, hf_beam_generate, prefix_cache
+    from sqlcopilot_core.sqlconstraint import SchemaConstraint
+
     chosen = examples[:config.limit] if config.limit is not None else examples
-    prompts = example_prompt_ids(chosen, config.prompt, tokenizer)
-    generations = greedy_generate(model, tokenizer, prompts, config.max_new_tokens, config.batch_size, progress)
-    return [extract_sql(text) for text in generations]
+    prompter = Prompter(config.prompt, tokenizer)
+    parts = [prompter.split_ids(e.db_path, e.question) for e in chosen]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, (prefix, _) in enumerate(parts):
+        groups.setdefault(tuple(prefix), []).append(index)
+    eos_id = tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    stop_ids = statement_end_ids(tokenizer)
+    beams = config.decoding != "greedy" or config.constrained
+    constraints: dict[Path, SchemaConstraint] = {}
+    answers: list[dict] = [{} for _ in chosen]
+    was_training = model.training
+    model.eval()
+    try:
+        with tqdm(total=len(chosen), desc=f"generate ({config.decoding})", unit="prompt", disable=not progress) as bar:
+            for prefix, members in groups.items():
+                cache = (prefix_cache(model, prefix), len(prefix)) if config.prefix_reuse else None
+                prompts = {i: list(prefix) + parts[i][1] for i in members}
+                if not beams:
+                    order = sorted(members, key=lambda i: -len(prompts[i]))
+                    for start in range(0, len(order), config.batch_size):
+                        chunk = order[start:start + config.batch_size]
+                        with torch.inference_mode():
+                            outs = greedy_generate_ids(model, [prompts[i] for i in chunk], config.max_new_tokens,
+                                                       eos_id, pad_id, stop_ids=stop_ids, prefix=cache)
+                        for i, tokens in zip(chunk, outs):
+                            answers[i] = {"sql": extract_sql(tokenizer.decode(tokens, skip_special_tokens=True))}
+                        bar.update(len(chunk))
+                    continue
+                for i in members:
+                    db_path = chosen[i].db_path
+                    constraint = None
+                    if config.constrained:
+                        if db_path not in constraints:
+                            constraints[db_path] = SchemaConstraint.for_database(db_path, tokenizer)
+                        constraint = constraints[db_path]
+                    width = 1 if config.decoding == "greedy" else config.num_beams
+                    candidates = hf_beam_generate(model, prompts[i], width, config.max_new_tokens, eos_id,
+                                                  stop_ids, constraint, prefix=cache)
+                    sqls = [extract_sql(tokenizer.decode(c.tokens, skip_special_tokens=True)) for c in candidates]
+                    sqls = sqls or [""]
+                    answer = {"sql": sqls[0], "candidates": len(candidates), "candidate_sqls": sqls}
+                    if config.decoding == "guided":
+                        choice = choose_runnable(sqls, db_path, timeout_s=config.exec_timeout_s,
+                                                 prefer_nonempty=config.prefer_nonempty)
+                        answer.update(sql=choice.sql, chosen=choice.index, tried=choice.tried,
+                                      rejected=choice.rejected, error=choice.error)
+                    answers[i] = answer
+                    bar.update(1)
+    finally:
+        model.train(was_training)
+    return answers
 
 
 def write_predictions_jsonl(path: str | Path, examples: list[Example], preds: list[str]) -> Path:

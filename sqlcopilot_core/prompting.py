@@ -70,12 +70,18 @@ class Prompter:
 
     def ids(self, db_path, question: str) -> list[int]:
         """Token ids of the prompt: prefix and branch tokenized apart, exactly as training packs them."""
+        prefix, branch = self.split_ids(db_path, question)
+        return prefix + branch
+
+    def split_ids(self, db_path, question: str) -> tuple[list[int], list[int]]:
+        """(prefix ids, branch ids): questions about one database whose schema is shown whole share the prefix, so
+        its key/value cache can be computed once for all of them."""
         if self.tokenizer is None:
             raise ValueError("Prompter.ids needs a tokenizer")
         prefix, branch = self.parts(db_path, question)
         if prefix not in self._prefix_ids:
             self._prefix_ids[prefix] = self.tokenizer(prefix).input_ids
-        return self._prefix_ids[prefix] + self.tokenizer(branch, add_special_tokens=False).input_ids
+        return list(self._prefix_ids[prefix]), self.tokenizer(branch, add_special_tokens=False).input_ids
 
 
 def example_prompt(db_path, question: str, settings: PromptSettings | None = None, tokenizer=None) -> str:

@@ -37,6 +37,15 @@ class EvalConfig:
     """Row cap per executed query."""
     speed_tokens: int = 32
     """Tokens decoded when measuring tokens/s."""
+    decoding: str = "greedy"
+    """greedy | beam | guided (the most probable of num_beams candidates that executes read-only); with any but
+    greedy the score also holds ex_greedy, so the decoding's gain is visible."""
+    num_beams: int = 4
+    """Beams of beam and guided decoding."""
+    constrained: bool = False
+    """Only tokens that can still make valid SQL over the database's table and column names."""
+    prefer_nonempty: bool = False
+    """guided: prefer the first candidate whose result has rows."""
 
     def __post_init__(self):
         if self.split not in ("dev", "train"):
@@ -45,6 +54,9 @@ class EvalConfig:
             raise ValueError("EvalConfig.limit: must be >= 1 or None")
         if self.max_new_tokens < 1 or self.batch_size < 1 or self.timeout_s <= 0:
             raise ValueError("EvalConfig: max_new_tokens, batch_size and timeout_s must be positive")
+        from sqlcopilot_core.generate import check_decoding
+
+        check_decoding(self.decoding, self.num_beams, "EvalConfig")
 
 
 def resolve_spider_dir(spider_dir: str | os.PathLike | None) -> Path:
@@ -85,16 +97,25 @@ def score_predictions_to(out_dir: Path, examples: list[Example], predictions: li
     return summary
 
 
-def predict_config(config: EvalConfig, prompt):
-    """How `config` generates, with the prompt settings of the model being scored (its prompt.json)."""
+def predict_config(config: EvalConfig, prompt, greedy: bool = False):
+    """How `config` generates, with the prompt settings of the model being scored (its prompt.json); `greedy`:
+    plain greedy decoding whatever the config says (the ex_greedy beside a beam or guided score)."""
     from sqlcopilot_core.generate import PredictConfig
 
-    return PredictConfig(prompt, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
+    decoding = {} if greedy else {"decoding": config.decoding, "num_beams": config.num_beams,
+                                  "constrained": config.constrained, "prefer_nonempty": config.prefer_nonempty}
+    return PredictConfig(prompt, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, **decoding)
+
+
+def is_greedy(config: EvalConfig) -> bool:
+    return config.decoding == "greedy" and not config.constrained
 
 
 def summary_metrics(summary: dict[str, Any]) -> dict[str, Any]:
     """The MLflow metrics of a scoring summary: ex with its 95% interval, n, ex per hardness level, prediction
     errors by kind."""
+    failing = sum(summary["errors"].values())
     return {"ex": summary["ex"], "n": summary["n"], "ex_ci_low": summary["ex_ci"][0], "ex_ci_high": summary["ex_ci"][1],
+            "fail_share": failing / summary["n"] if summary["n"] else 0.0,
             **{f"ex_{level}": v["ex"] for level, v in summary["by_hardness"].items() if v["ex"] is not None},
             **{f"errors_{kind}": n for kind, n in summary["errors"].items() if n}}

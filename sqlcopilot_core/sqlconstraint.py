@@ -60,6 +60,7 @@ class State:
     names: tuple[str, ...] = ()  # column aliases the query defined
     table: str | None = None  # the table named last in a FROM list (an alias after it refers to it)
     words: int = 0  # identifiers and keywords completed
+    newline: bool = False  # the last character was a newline outside a string
     ended: bool = False
 
 
@@ -131,9 +132,16 @@ class SchemaConstraint:
 
     def feed(self, state: State, text: str) -> State | None:
         for char in text:
+            if state.ended:
+                return state
+            if state.newline and char in "\n-":  # a blank line or a comment line: where extract_sql cuts
+                return self._end(replace(state, newline=False))
             state = self._char(state, char)
             if state is None:
                 return None
+            newline = char == "\n" and state.mode == 0
+            if newline != state.newline:
+                state = replace(state, newline=newline)
         if state.mode == 0 and state.word and not self._partial_ok(state):
             return None
         return state

@@ -35,6 +35,19 @@ def test_predict_writes_what_eval_reads(work_home, tmp_path):
         e.db_id for e in load_split(ensure_sample_spider(), "dev")[:3]]
 
 
+def test_predict_with_guided_constrained_decoding(work_home, tmp_path, capsys):
+    from sqlcopilot_core.modeling import save_model, tiny_model_and_tokenizer
+
+    model_dir = save_model(*tiny_model_and_tokenizer(), tmp_path / "model")
+    out = tmp_path / "preds.jsonl"
+    assert main(["predict", "--model", str(model_dir), "--out", str(out), "--limit", "2", "--max-new-tokens", "4",
+                 "--decoding", "guided", "--num-beams", "2", "--constrained"]) == 0
+    assert len(out.read_text().splitlines()) == 2
+    assert main(["predict", "--model", str(model_dir), "--out", str(out), "--decoding", "beam",
+                 "--num-beams", "0"]) == 2
+    assert "num_beams" in capsys.readouterr().err
+
+
 def test_predict_uses_the_models_prompt_and_warns_about_an_override(work_home, tmp_path, recwarn):
     from sqlcopilot_core.modeling import save_model, tiny_model_and_tokenizer
     from sqlcopilot_core.prompting import PromptSettings, write_prompt_settings

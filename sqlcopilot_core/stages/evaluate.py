@@ -15,8 +15,8 @@ from typing import Any
 
 from sqlcopilot_core.config import config_from_dict, config_to_dict
 from sqlcopilot_core.prompting import Prompter, model_prompt_settings
-from sqlcopilot_core.scoring import (EvalConfig, eval_examples, folder_size_mb, predict_config, score_predictions_to,
-                                     summary_metrics)
+from sqlcopilot_core.scoring import (EvalConfig, eval_examples, folder_size_mb, is_greedy, predict_config,
+                                     score_predictions_to, summary_metrics)
 
 NAME = "evaluate"
 
@@ -44,10 +44,10 @@ class PythonRuntime:
         self.weights_dir, self.params = Path(model_dir), count_parameters(self.model)
         self.prompt = model_prompt_settings(model_dir)
 
-    def predict(self, examples, config: EvalConfig) -> list[str]:
+    def predict(self, examples, config: EvalConfig, greedy: bool = False) -> list[str]:
         from sqlcopilot_core.generate import predict_examples
 
-        return predict_examples(self.model, self.tokenizer, examples, predict_config(config, self.prompt))
+        return predict_examples(self.model, self.tokenizer, examples, predict_config(config, self.prompt, greedy))
 
     def decode_tokens_per_s(self, prompt_ids: list[int], n_tokens: int) -> float:
         from sqlcopilot_core.generate import decode_tokens_per_s
@@ -69,10 +69,10 @@ class CppRuntime:
         self.weights_dir, self.params = self.runtime.export_dir, export.metrics.get("params", 0)
         self.prompt = model_prompt_settings(self.runtime.export_dir)
 
-    def predict(self, examples, config: EvalConfig) -> list[str]:
+    def predict(self, examples, config: EvalConfig, greedy: bool = False) -> list[str]:
         from sqlcopilot_core.copilot import predict_and_time
 
-        return predict_and_time(self.runtime, examples, config)[0]
+        return predict_and_time(self.runtime, examples, config, greedy=greedy)[0]
 
     def decode_tokens_per_s(self, ids: list[int], n_tokens: int) -> float:
         from sqlcopilot_core.cpp_runtime import CppRunner
@@ -89,8 +89,13 @@ def score(model_dir: Path, out_dir: Path, config: EvalConfig, export=None) -> di
     runtime = CppRuntime(model_dir, export) if export is not None else PythonRuntime(model_dir)
     examples = eval_examples(config)
     summary = score_predictions_to(out_dir, examples, runtime.predict(examples, config), config)
+    extra = {}
+    if not is_greedy(config):  # the configured decoding's gain over greedy, on the same examples
+        greedy = score_predictions_to(out_dir / "greedy", examples, runtime.predict(examples, config, greedy=True),
+                                      config)
+        extra = {"ex_greedy": greedy["ex"], "fail_share_greedy": summary_metrics(greedy)["fail_share"]}
     speed_prompt = Prompter(runtime.prompt, runtime.tokenizer).ids(examples[0].db_path, examples[0].question)
-    return {**summary_metrics(summary), "params": runtime.params,
+    return {**summary_metrics(summary), **extra, "params": runtime.params,
             "size_mb": round(folder_size_mb(runtime.weights_dir), 3),
             "tokens_per_s": round(runtime.decode_tokens_per_s(speed_prompt, config.speed_tokens), 2)}
 

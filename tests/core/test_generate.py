@@ -84,3 +84,35 @@ def test_decode_speed_and_config_checks(tiny):
     assert not model.training
     with pytest.raises(ValueError, match="limit must be >= 1"):
         PredictConfig(limit=0)
+
+
+def test_prefix_reuse_gives_the_tokens_of_a_full_prefill(pet_examples, tiny):
+    from sqlcopilot_core.generate import predict_details
+
+    model, tokenizer = tiny
+    settings = PromptSettings(max_schema_tokens=None, value_hints=0)
+    for decoding in ("greedy", "beam"):
+        whole = predict_details(model, tokenizer, pet_examples,
+                                PredictConfig(settings, max_new_tokens=12, batch_size=3, decoding=decoding,
+                                              num_beams=3, prefix_reuse=False), progress=False)
+        reused = predict_details(model, tokenizer, pet_examples,
+                                 PredictConfig(settings, max_new_tokens=12, batch_size=3, decoding=decoding,
+                                               num_beams=3, prefix_reuse=True), progress=False)
+        assert [a["sql"] for a in reused] == [a["sql"] for a in whole]
+
+
+def test_guided_and_constrained_decoding_record_their_choice(pet_examples, tiny):
+    from sqlcopilot_core.generate import predict_details
+
+    model, tokenizer = tiny
+    config = PredictConfig(PromptSettings(value_hints=0), max_new_tokens=10, decoding="guided", num_beams=3,
+                           constrained=True)
+    answers = predict_details(model, tokenizer, pet_examples, config, progress=False)
+    assert len(answers) == len(pet_examples)
+    for answer in answers:
+        assert 1 <= answer["tried"] <= answer["candidates"] <= 3
+        assert len(answer["rejected"]) == answer["tried"] - 1  # all tried but the answer
+    with pytest.raises(ValueError, match="decoding"):
+        PredictConfig(decoding="sampled")
+    with pytest.raises(ValueError, match="num_beams"):
+        PredictConfig(decoding="beam", num_beams=0)
