@@ -94,12 +94,15 @@ class CppRunner:
 
     def beams(self, ids: list[int], num_beams: int, max_new_tokens: int, prefix_len: int = 0,
               stop_ids: Iterable[int] = (), stop_at_statement_end: bool = False,
-              stop_at_eos: bool = True) -> tuple[list[Candidate], dict]:
+              stop_at_eos: bool = True, constraint: dict | None = None) -> tuple[list[Candidate], dict]:
         """Beam candidates after one prompt, best first (sqlcopilot_core.beams' rule), with timings {prefill_ms,
-        decode_ms, steps, decode, prefix_reused}; the other arguments as for `generate`."""
-        reply = self._request({"input_ids": list(map(int, ids)), "num_beams": num_beams,
-                               "max_new_tokens": max_new_tokens, "stop_at_eos": stop_at_eos,
-                               **self._decode_fields(prefix_len, stop_ids, stop_at_statement_end)})
+        decode_ms, steps, decode, prefix_reused}; the other arguments as for `generate`. A schema `constraint` is
+        sent along; a runner that cannot apply it refuses the request (it never decodes unconstrained instead)."""
+        request = {"input_ids": list(map(int, ids)), "num_beams": num_beams, "max_new_tokens": max_new_tokens,
+                   "stop_at_eos": stop_at_eos, **self._decode_fields(prefix_len, stop_ids, stop_at_statement_end)}
+        if constraint is not None:
+            request["constraint"] = constraint
+        reply = self._request(request)
         candidates = [Candidate(tuple(beam["output_ids"]), beam["score"]) for beam in reply["beams"]]
         return candidates, {key: reply[key] for key in ("prefill_ms", "decode_ms", "steps", "decode", "prefix_reused")}
 

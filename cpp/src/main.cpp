@@ -15,6 +15,7 @@
 //   "stop_ids": [...]       decoding ends after one of these tokens (kept in the output)
 //   "stop_at_statement_end": true   adds the manifest's stop_token_ids (tokens holding ';' or a blank line)
 //   "stop_at_eos": false    end-of-text is an ordinary token (decodes exactly max_new_tokens: how speed is measured)
+// A request with a schema "constraint" is refused: the runner does not apply one yet (it would decode unconstrained).
 // A bad request gets {"id":..,"error":".."} and the runner keeps serving; a model it cannot load ends it with exit
 // code 2.
 // On a machine busy with other work, run it with OMP_WAIT_POLICY=PASSIVE (or --threads 1): spinning OpenMP threads
@@ -122,6 +123,9 @@ sqlcopilot::Json reply_for(sqlcopilot::Runner& runner, const std::string& line, 
     const int64_t max_new = request.has("max_new_tokens") ? request.at("max_new_tokens").as_int()
                                                           : default_max_new_tokens;
     const auto options = decode_options(request, runner.manifest());
+    if (request.has("constraint"))  // the schema constraint (sqlcopilot_core/sqlconstraint.py) is not ported yet
+      throw std::invalid_argument("this runner does not apply a schema constraint ('constraint'); decode constrained "
+                                  "beams in Python");
     if (request.has("num_beams"))
       return beams_reply(runner, input_ids, request.at("num_beams").as_int(), max_new, options, id);
     const bool want_logits = request.has("return_logits") && request.at("return_logits").as_bool();
