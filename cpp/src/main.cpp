@@ -8,7 +8,9 @@
 // "first_logits" and "step_logits" (the logits the first and second tokens were chosen from).
 // Optional request fields:
 //   "num_beams": N (1..16)  beam decoding; the reply holds "beams": [{"output_ids", "score", "normalized_score"}, ...]
-//                           best first, "steps", "prefill_ms", "decode_ms", "decode", "prefix_reused"
+//                           best first, "steps" (decode steps, each advancing every live beam), "new_tokens"
+//                           (steps + 1: the tokens the longest beams decoded), "prefill_ms", "decode_ms", "decode",
+//                           "prefix_reused"
 //   "prefix_len": P         input_ids[:P] is a reusable prefix (a database's schema): its cache is kept (the last
 //                           few, least recently used dropped) and a later request with the same prefix prefills only
 //                           the rest; "prefix_reused" says whether it did
@@ -106,6 +108,7 @@ sqlcopilot::Json beams_reply(sqlcopilot::Runner& runner, const std::vector<int64
   return Json::of_object({{"id", id},
                           {"beams", Json::of_array(std::move(beams))},
                           {"steps", Json::of_number(static_cast<double>(found.steps))},
+                          {"new_tokens", Json::of_number(static_cast<double>(found.beams.empty() ? 0 : found.steps + 1))},
                           {"prefill_ms", Json::of_number(found.prefill_ms)},
                           {"decode_ms", Json::of_number(found.decode_ms)},
                           {"decode", Json::of_string(runner.decode_path())},

@@ -54,6 +54,7 @@ def test_cpp_beams_equal_the_python_reference(built, tiny_exports, export, decod
                 got, timings = runner.beams(ids, 4, NEW_TOKENS, stop_at_statement_end=stop)
                 assert [c.tokens for c in got] == [c.tokens for c in expected], (prompt, stop)
                 assert len(got) == 4 and timings["decode"] == decode and timings["steps"] >= 1
+                assert timings["new_tokens"] == timings["steps"] + 1 >= max(len(c.tokens) for c in got)
                 largest = max(largest, *(abs(a.score - b.score) for a, b in zip(got, expected)))
                 assert all(a.normalized == pytest.approx(a.score / max(1, len(a.tokens))) for a in got)
     print(f"\n{export} ({decode}, {threads} thread(s)): 4 beams, largest |score difference| vs Python {largest:.3g}")

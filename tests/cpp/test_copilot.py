@@ -59,7 +59,8 @@ def test_ask_batch_mode_and_bad_inputs(runtime, tmp_path, capsys):
     batch.write_text(json.dumps([{"db": str(db), "question": "total amount?"}, {"db": str(db), "question": "ids?"}]))
     assert main(["ask", "--model", str(export_dir), "--runner", str(runner), "--batch", str(batch),
                  "--max-new-tokens", "6"]) == 0
-    assert capsys.readouterr().out.count("-- ") == 2
+    out = capsys.readouterr().out
+    assert out.count("-- total amount?  (") == out.count("-- ids?  (") == 1  # one answer per question
     assert main(["ask", "--model", str(export_dir), "--runner", str(runner), "--db", str(tmp_path / "no.sqlite"),
                  "q"]) == 2
     assert "no.sqlite does not exist" in capsys.readouterr().err
