@@ -20,6 +20,7 @@ from sqlcopilot_core import paths
 from sqlcopilot_core.build import RUNNER_NAME, build_runner, source_hash
 from sqlcopilot_core.config import ConfigError
 from sqlcopilot_core.copilot import EXPORT_SUBDIR
+from sqlcopilot_core.report import retention
 
 CPP_DIR = Path(__file__).resolve().parents[2] / "cpp"
 NAME = "build"
@@ -62,11 +63,6 @@ def produce(config: BuildConfig, inputs, staging: Path, checkpoints: Path, run) 
     (staging / "bin").mkdir()
     shutil.copy2(info["runner"], staging / "bin" / RUNNER_NAME)
     return {"build_seconds": info["seconds"]}
-
-
-def retention(student_ex: float, teacher_ex: float) -> float:
-    """Student ex as a fraction of the teacher's; 1.0 when the teacher scores 0 (nothing left to lose)."""
-    return student_ex / teacher_ex if teacher_ex > 0 else 1.0
 
 
 def ship_decision(config: BuildConfig, student_metrics: dict[str, Any], teacher_metrics: dict[str, Any]
