@@ -1,5 +1,5 @@
 """Stage prune: structured GQA-aware pruning of the fine-tuned model to a ratio of its parameters; with the taylor
-criterion its key reads the train examples it calibrates on.
+criterion or the sensitivity allocation its key reads the train examples it calibrates on.
 
     python -m pytest tests/flows -q -k sweep
 """
@@ -13,6 +13,7 @@ from typing import Any
 from sqlcopilot_core.modeling import load_model, save_model
 from sqlcopilot_core.prompting import model_prompt_settings, write_prompt_settings
 from sqlcopilot_core.prune import PruneConfig, calibration_sequences, make_calibration_batches, prune_model
+from sqlcopilot_core.sensitivity import packed_batches, summary_by_layer
 from sqlcopilot_core.spider import load_split
 
 NAME = "prune"
@@ -22,7 +23,8 @@ READS_SPIDER = True
 
 
 def reads(config: PruneConfig, spider_dir: Path, evaluation) -> dict[str, Any]:
-    return {"train": load_split(spider_dir, "train")} if config.criterion == "taylor" else {}
+    reads_train = config.criterion == "taylor" or config.allocation == "sensitivity"
+    return {"train": load_split(spider_dir, "train")} if reads_train else {}
 
 
 def produce(config: PruneConfig, inputs, staging: Path, checkpoints: Path, run) -> dict[str, Any]:
@@ -34,7 +36,14 @@ def produce(config: PruneConfig, inputs, staging: Path, checkpoints: Path, run) 
         count = config.calibration_batches * config.calibration_batch_size
         sequences = calibration_sequences(inputs.spider_dir, tokenizer, count, config.seed, prompt)
         calibration = make_calibration_batches(sequences, config, tokenizer.pad_token_id)
-    report = prune_model(model, config, calibration)
+    sensitivity_batches = None
+    if config.allocation == "sensitivity":
+        sensitivity_batches = packed_batches(inputs.data["train"], tokenizer, prompt, config.sensitivity_examples,
+                                             config.seed, config.calibration_batch_size,
+                                             config.sensitivity_max_seq_len, what="sensitivity")
+    report = prune_model(model, config, calibration, sensitivity_batches)
+    for layer, figures in enumerate(summary_by_layer(report)):
+        run.metrics(figures, step=layer)  # MLflow charts each figure against the layer index
     save_model(model, tokenizer, staging)
     write_prompt_settings(staging, prompt)
     (staging / "prune_report.json").write_text(json.dumps(report, indent=1))
