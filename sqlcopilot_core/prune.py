@@ -84,6 +84,9 @@ class PruneConfig:
     channels go). 'sensitivity' measures on `sensitivity_examples` packed Spider train examples."""
     sensitivity_examples: int = 256
     """Spider train examples (chosen with `seed`) whose gold-SQL loss the sensitivity measurement compares."""
+    sensitivity_per_database: int | None = 8
+    """At most this many of the sensitivity examples come from one database (None: no limit), so several questions
+    share each pack's schema and a pass reads fewer tokens per example (a pass is a forward over all of them)."""
     sensitivity_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
     """Fractions of each layer's key/value groups and MLP channels (and of the hidden width) removed, one loss pass
     each (rounded to whole groups, repeats dropped): more fractions, a better curve, more passes."""
@@ -100,6 +103,15 @@ class PruneConfig:
                 raise ConfigError(f"PruneConfig.{name}: {getattr(self, name)} must be at least 1")
         if self.allocation not in ALLOCATIONS:
             raise ConfigError(f"PruneConfig.allocation: {self.allocation!r} is not one of {list(ALLOCATIONS)}")
+        per_database = self.sensitivity_per_database
+        if isinstance(per_database, str):  # from a --set override
+            per_database = None if per_database.lower() in ("null", "none", "") else per_database
+            if isinstance(per_database, str) and per_database.isdigit():
+                per_database = int(per_database)
+            object.__setattr__(self, "sensitivity_per_database", per_database)
+        if per_database is not None and not (isinstance(per_database, int) and per_database >= 1):
+            raise ConfigError(f"PruneConfig.sensitivity_per_database: {per_database!r} must be an integer >= 1 "
+                              f"or null")
         if self.sensitivity_examples < 1 or self.sensitivity_max_seq_len < 64:
             raise ConfigError(f"PruneConfig.sensitivity_examples ({self.sensitivity_examples}) must be >= 1 and "
                               f"sensitivity_max_seq_len ({self.sensitivity_max_seq_len}) >= 64")
@@ -788,7 +800,8 @@ def compare_allocations(model: LlamaForCausalLM, tokenizer, train_examples: list
     held_batches = packed_batches(held, tokenizer, prompt, holdout, config.seed, config.calibration_batch_size,
                                   config.sensitivity_max_seq_len, what="held-out")
     calibration_batches = packed_batches(pool, tokenizer, prompt, config.sensitivity_examples, config.seed,
-                                         config.calibration_batch_size, config.sensitivity_max_seq_len)
+                                         config.calibration_batch_size, config.sensitivity_max_seq_len,
+                                         per_database=config.sensitivity_per_database)
     calibration = None
     if config.criterion == "taylor":
         calibration = make_calibration_batches(example_sequences(pool[:config.calibration_batches

@@ -113,20 +113,21 @@ def sweep_plot(rows: list[dict[str, Any]], teacher: dict[str, Any], path: Path,
 
     figure, axes = plt.subplots(figsize=(7.5, 4.8))
     named = [(f"{row['ratio']}", row.get("size_mb") or 0.0, row.get("distilled_ex") or 0.0,
-              row.get("cpp_tokens_per_s") or row.get("tokens_per_s")) for row in rows]
+              row.get("cpp_tokens_per_s") or row.get("tokens_per_s"), "C++ " if row.get("cpp_tokens_per_s") else "")
+             for row in rows]
     axes.plot([n[1] for n in named], [row.get("pruned_ex") or 0.0 for row in rows], "x", color="tab:gray",
               label="pruned only")
     axes.plot([n[1] for n in named], [n[2] for n in named], "o", color="tab:blue", label="pruned + distilled")
     for label, metrics, marker in (("teacher", teacher, "s"), ("control", control, "D")):
         if metrics:
             named.append((label, metrics.get("size_mb") or 0.0, metrics.get("ex") or 0.0,
-                          metrics.get("tokens_per_s")))
+                          metrics.get("tokens_per_s"), ""))
             axes.plot([named[-1][1]], [named[-1][2]], marker, label=label)
     front = pareto_front([(n[1], n[2]) for n in named])
     axes.plot([named[i][1] for i in front], [named[i][2] for i in front], "-", color="tab:green", alpha=0.6,
               label="Pareto front")
-    for label, size, ex, speed in named:
-        text = label + (f"\n{speed:.0f} tok/s" if speed else "")
+    for label, size, ex, speed, runtime in named:
+        text = label + (f"\n{speed:.0f} {runtime}tok/s" if speed else "")
         axes.annotate(text, (size, ex), textcoords="offset points", xytext=(4, 6), fontsize=7)
     axes.set_xlabel("size on disk (MB)")
     axes.set_ylabel("execution accuracy (dev)")

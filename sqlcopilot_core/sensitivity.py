@@ -25,13 +25,23 @@ STRUCTURES = ("attention", "mlp")
 
 
 def packed_batches(examples: list, tokenizer, prompt, count: int, seed: int, packs_per_batch: int,
-                   max_seq_len: int = 1024, what: str = "calibration") -> list[PackedBatch]:
-    """`count` examples (chosen by `seed`) packed by shared schema into batches of `packs_per_batch` packs."""
+                   max_seq_len: int = 1024, what: str = "calibration",
+                   per_database: int | None = None) -> list[PackedBatch]:
+    """`count` examples chosen by `seed`, packed by shared schema into batches of `packs_per_batch` packs. With
+    `per_database`, databases are drawn at random and up to that many of each one's examples taken, so that
+    several questions share each pack's schema prefix and a pass reads fewer tokens per example."""
     from sqlcopilot_core.prompting import Prompter
 
     if count < 1 or not examples:
         raise ValueError(f"{what}: need at least one example (asked for {count} of {len(examples)})")
-    chosen = random.Random(seed).sample(list(examples), min(count, len(examples)))
+    shuffled = random.Random(seed).sample(list(examples), len(examples))
+    if per_database:
+        by_database: dict[str, list] = {}
+        for example in shuffled:  # databases in order of first appearance: a random order
+            by_database.setdefault(example.db_id, []).append(example)
+        chosen = [e for group in by_database.values() for e in group[:per_database]][:count]
+    else:
+        chosen = shuffled[:count]
     data = PackedData(chosen, tokenizer, Prompter(prompt, tokenizer), max_seq_len, seed, progress=False, what=what)
     packs = data.epoch_packs(0)
     return [collate_packs(packs[i:i + packs_per_batch], tokenizer.pad_token_id)
@@ -105,6 +115,48 @@ def removal_counts(fractions: Sequence[float], units: int, keep_one: bool = True
     return sorted({min(max(1, round(f * units)), top) for f in fractions} - {0}) if top >= 1 else []
 
 
+class LayerInputs:
+    """Within `with`: {layer index: (args, kwargs)} each decoder layer was called with during a forward pass."""
+
+    def __init__(self, model):
+        self.model, self.handles, self.inputs = model, [], {}
+
+    def __enter__(self) -> dict[int, tuple]:
+        for index, layer in enumerate(self.model.model.layers):
+            self.handles.append(layer.register_forward_pre_hook(self._recorder(index), with_kwargs=True))
+        return self.inputs
+
+    def _recorder(self, index: int):
+        def record(module, args, kwargs):
+            self.inputs[index] = (args, kwargs)
+        return record
+
+    def __exit__(self, *exc_info) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def branch_losses_from(model, batch: PackedBatch, inputs: dict[int, tuple], start: int) -> torch.Tensor:
+    """Per-example gold-SQL cross-entropy of `batch`, running only decoder layers start.. on the inputs an intact
+    pass gave layer `start` (what lies below a masked layer is unchanged by the mask)."""
+    import torch.nn.functional as F
+
+    from sqlcopilot_core.packing import per_branch_mean
+
+    rows, cols = batch.loss_positions.unbind(1)
+    args, _ = inputs[start]
+    hidden = args[0]
+    for index in range(start, len(model.model.layers)):
+        layer_args, kwargs = inputs[index]
+        output = model.model.layers[index](hidden, *layer_args[1:], **kwargs)
+        hidden = output[0] if isinstance(output, tuple) else output
+    logits = model.lm_head(model.model.norm(hidden[rows, cols]))
+    losses = F.cross_entropy(logits.float(), batch.next_ids[rows, cols], reduction="none")
+    branches_before = torch.tensor([0] + [len(p.branches) for p in batch.packs[:-1]], device=rows.device).cumsum(0)
+    branch = branches_before[rows] + batch.branch_index[rows, cols] - 1
+    return per_branch_mean(losses, branch, len(batch.examples))
+
+
 def measure_sensitivity(model, batches: Sequence[PackedBatch], orders: dict[str, Any],
                         fractions: Sequence[float], measure_hidden: bool = True) -> dict[str, Any]:
     """Loss rise (masked loss - intact loss) per layer and structure at each removal fraction.
@@ -112,8 +164,9 @@ def measure_sensitivity(model, batches: Sequence[PackedBatch], orders: dict[str,
     `orders` gives, least salient first, each layer's key/value groups ('attention') and query heads within them
     ('attention_heads', used when a layer has a single group), MLP channels ('mlp') and the hidden channels
     ('hidden'). Returns {"base_loss", "fractions", "layers": [{"attention": {fraction: rise}, "mlp": {...}}, ...],
-    "hidden": {fraction: rise}, "passes"}; the fraction keys are the fractions actually removed (n / units)."""
-    base = calibration_loss(model, batches)
+    "hidden": {fraction: rise}, "passes"}; the fraction keys are the fractions actually removed (n / units).
+    Per batch, one intact pass records every layer's inputs; a layer's masks then rerun only that layer and those
+    above it (about half the compute of whole passes); the hidden-width masks need whole passes."""
     plan = []
     for layer in range(len(model.model.layers)):
         groups = orders["attention"][layer]
@@ -131,11 +184,29 @@ def measure_sensitivity(model, batches: Sequence[PackedBatch], orders: dict[str,
         hidden = orders["hidden"]
         plan += [(None, "hidden", n / len(hidden), hidden_slices(model, hidden[:n]))
                  for n in removal_counts(fractions, len(hidden))]
-    result = {"base_loss": base, "fractions": list(fractions), "passes": len(plan) + 1, "hidden": {},
+    was_training = model.training
+    model.eval()
+    base, sums, count = 0.0, [0.0] * len(plan), 0
+    with torch.no_grad(), tqdm(total=len(batches) * (len(plan) + 1), desc="sensitivity", unit="pass") as bar:
+        for batch in batches:
+            with LayerInputs(model) as inputs:
+                intact = per_branch_loss(model, batch)
+            base, count = base + float(intact.sum()), count + intact.numel()
+            bar.update()
+            for i, (layer, _, _, slices) in enumerate(plan):
+                with zeroed(slices):
+                    losses = (per_branch_loss(model, batch) if layer is None else
+                              branch_losses_from(model, batch, inputs, layer))
+                sums[i] += float(losses.sum())
+                bar.update()
+            del inputs
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("measure_sensitivity: the batches hold no example")
+    result = {"base_loss": base / count, "fractions": list(fractions), "passes": len(plan) + 1, "hidden": {},
               "layers": [{structure: {} for structure in STRUCTURES} for _ in model.model.layers]}
-    for layer, structure, fraction, slices in tqdm(plan, desc="sensitivity", unit="pass"):
-        with zeroed(slices):
-            rise = calibration_loss(model, batches) - base
+    for (layer, structure, fraction, _), total in zip(plan, sums):
+        rise = total / count - base / count
         if not math.isfinite(rise):
             where = "hidden width" if layer is None else f"layer {layer} {structure}"
             raise ValueError(f"sensitivity: loss is not finite with {fraction:.2f} of the {where} removed")

@@ -40,7 +40,8 @@ def produce(config: PruneConfig, inputs, staging: Path, checkpoints: Path, run) 
     if config.allocation == "sensitivity":
         sensitivity_batches = packed_batches(inputs.data["train"], tokenizer, prompt, config.sensitivity_examples,
                                              config.seed, config.calibration_batch_size,
-                                             config.sensitivity_max_seq_len, what="sensitivity")
+                                             config.sensitivity_max_seq_len, what="sensitivity",
+                                             per_database=config.sensitivity_per_database)
     report = prune_model(model, config, calibration, sensitivity_batches)
     for layer, figures in enumerate(summary_by_layer(report)):
         run.metrics(figures, step=layer)  # MLflow charts each figure against the layer index

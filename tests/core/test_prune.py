@@ -306,3 +306,32 @@ def test_compare_reports_held_out_loss_of_global_and_sensitivity_allocation(tmp_
         assert 0 <= result[name]["ex"] <= 1
     assert "removed_fractions" in result["sensitivity"] and "removed_fractions" not in result["global"]
     assert math.isfinite(result["unpruned"]["holdout_loss"])
+
+
+def test_rerunning_the_layers_above_a_recorded_input_gives_the_whole_pass_loss(packed):
+    from sqlcopilot_core.packing import per_branch_loss
+    from sqlcopilot_core.sensitivity import LayerInputs, branch_losses_from
+
+    model, _ = tiny_model_and_tokenizer(seed=0)
+    with torch.no_grad():
+        with LayerInputs(model) as inputs:
+            whole = per_branch_loss(model, packed[0])
+        for start in (0, 1):
+            torch.testing.assert_close(branch_losses_from(model, packed[0], inputs, start), whole)
+
+
+def test_sensitivity_examples_can_come_grouped_by_database(sample_spider):
+    from collections import Counter
+
+    from sqlcopilot_core.prompting import PromptSettings
+    from sqlcopilot_core.sensitivity import packed_batches
+    from sqlcopilot_core.spider import load_split
+
+    _, tokenizer = tiny_model_and_tokenizer()
+    examples = load_split(sample_spider, "train")
+    grouped = packed_batches(examples, tokenizer, PromptSettings(max_schema_tokens=256), 6, 0, 8, 768,
+                             per_database=3)
+    databases = Counter(e.example.db_id for batch in grouped for e in batch.examples)
+    assert sum(databases.values()) <= 6 and max(databases.values()) <= 3 and len(databases) <= 2
+    spread = packed_batches(examples, tokenizer, PromptSettings(max_schema_tokens=256), 6, 0, 8, 768)
+    assert sum(b.n_tokens() for b in grouped) < sum(b.n_tokens() for b in spread)
