@@ -20,6 +20,14 @@ def test_sweep_creates_one_child_run_per_ratio(work_home, prefect_harness):
         assert abs(child.data.metrics["pruned_achieved_ratio"] - ratio) <= 0.02
         stages = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{child.info.run_id}'")
         assert sorted(r.data.tags["stage"] for r in stages) == ["distill", "prune"]
+    # the smoke profile allocates by sensitivity: measured once per way of measuring (0.12 adds the hidden width)
+    prune_runs = {}
+    for ratio in (0.75, 0.5, 0.12):
+        child_id = by_name[f"ratio={ratio}"].info.run_id
+        prune_runs[ratio], = client.search_runs(
+            [experiment], f"tags.mlflow.parentRunId = '{child_id}' and tags.stage = 'prune'")
+    assert {ratio: run.data.tags["sensitivity"].split()[0] for ratio, run in prune_runs.items()} == {
+        0.75: "measured,", 0.5: "reused", 0.12: "measured,"}
     assert [row["ratio"] for row in result["rows"]] == [0.75, 0.5, 0.12]
     assert [row["prune_hidden"] for row in result["rows"]] == [False, False, True]
     assert result["rows"][0]["params"] > result["rows"][1]["params"] > result["rows"][2]["params"]
