@@ -2,7 +2,7 @@
 
     python -m sqlcopilot_core.beams MODEL_DIR DB_PATH "how many singers are there?" [--num-beams 4] [--constrained]
 
-`beam_search` is the bookkeeping alone, written so the C++ runner (cpp/src/runner.cpp) can follow it to the token:
+`beam_search` is the bookkeeping alone, written so the C++ runner (cpp/src/beams.cpp) can follow it to the token:
 
 - logprobs are the float32 log_softmax of a step's float32 logits; a beam's score is the float64 sum of its tokens'
   logprobs.
