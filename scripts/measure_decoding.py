@@ -47,14 +47,20 @@ def main(argv=None) -> int:
     parser.add_argument("--greedy", action="store_true", help="score greedy decoding (with --constrained: constrained)")
     parser.add_argument("--limit", type=int)
     parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--export", help="decode through the C++ runner with this export folder (--model: its "
+                        "source, unused)")
+    parser.add_argument("--runner", help="sqlcopilot-runner program (with --export)")
+    parser.add_argument("--no-prefix-reuse", action="store_true")
     args = parser.parse_args(argv)
     out = Path(args.out)
     examples = load_split(args.spider_dir, args.split)
     if args.limit:
         examples = [examples[i * len(examples) // args.limit] for i in range(args.limit)]
+    suffix = "+constrained" if args.constrained else ""
+    if args.export:
+        return cpp_rows(args, examples, out, suffix)
     model, tokenizer = load_model(args.model)
     prompt = model_prompt_settings(args.model)
-    suffix = "+constrained" if args.constrained else ""
     if args.greedy:
         config = PredictConfig(prompt, max_new_tokens=args.max_new_tokens, batch_size=16, constrained=args.constrained)
         start = time.perf_counter()
@@ -66,16 +72,46 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     answers = predict_details(model, tokenizer, examples, config)
     seconds = time.perf_counter() - start
+    guided_rows(out, examples, answers, seconds, suffix, args.num_beams)
+    return 0
+
+
+def guided_rows(out: Path, examples, answers: list[dict], seconds: float, suffix: str, num_beams: int) -> None:
     (out / f"guided{suffix}").mkdir(parents=True, exist_ok=True)
     with open(out / f"guided{suffix}" / "answers.jsonl", "w") as handle:
         for example, answer in zip(examples, answers):
             handle.write(json.dumps({"index": example.index, **answer}) + "\n")
     tried = sum(a["tried"] for a in answers) / len(answers)
     row(f"beam{suffix}", out, examples, [a["candidate_sqls"][0] for a in answers], seconds,
-        {"num_beams": args.num_beams})
+        {"num_beams": num_beams})
     row(f"guided{suffix}", out, examples, [a["sql"] for a in answers], seconds,
-        {"num_beams": args.num_beams, "mean_tried": round(tried, 2),
+        {"num_beams": num_beams, "mean_tried": round(tried, 2),
          "none_ran": sum(a["error"] is not None for a in answers)})
+
+
+def cpp_rows(args, examples, out: Path, suffix: str) -> int:
+    """The same rows through the C++ runner (copilot.decode_prompts: grouped by schema prefix)."""
+    from transformers import AutoTokenizer
+
+    from sqlcopilot_core.copilot import Decoding, Runtime, decode_prompts
+    from sqlcopilot_core.prompting import Prompter
+
+    runtime = Runtime(Path(args.export), Path(args.runner))
+    tokenizer = AutoTokenizer.from_pretrained(runtime.export_dir)
+    prompter = Prompter(model_prompt_settings(runtime.export_dir), tokenizer)
+    prompts = [(*prompter.split_ids(e.db_path, e.question), e.db_path) for e in examples]
+    decoding = "greedy" if args.greedy else "guided"
+    config = Decoding(decoding, args.num_beams, args.constrained, max_new_tokens=args.max_new_tokens,
+                      prefix_reuse=not args.no_prefix_reuse)
+    start = time.perf_counter()
+    answers = decode_prompts(runtime, tokenizer, prompts, config)
+    seconds = time.perf_counter() - start
+    out = out / "cpp"
+    if args.greedy:
+        row("greedy" + suffix, out, examples, [a["sql"] for a in answers], seconds,
+            {"runtime": "cpp", "prefix_reused": sum(bool(a.get("prefix_reused")) for a in answers)})
+    else:
+        guided_rows(out, examples, answers, seconds, suffix, args.num_beams)
     return 0
 
 
