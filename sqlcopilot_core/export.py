@@ -1,7 +1,8 @@
 """Export stage core: compile a model folder's decoder to TorchScript, prove it matches transformers, describe it.
 
-An export folder holds the graph (decoder.pt), the tokenizer files copied from the model folder and manifest.json
-(format "sqlcopilot-export", format_version 1), which the C++ runner reads. All torch.jit use lives in this module.
+An export folder holds the graph (decoder.pt), the tokenizer files copied from the model folder, token_texts.json
+(each token id's text, for the C++ schema constraint) and manifest.json (format "sqlcopilot-export", format_version
+1), which the C++ runner reads. All torch.jit use lives in this module.
 
     python -m sqlcopilot_core.export work/smollm2_base work/export_smollm2 --dtype bfloat16
 """
@@ -21,6 +22,7 @@ from tqdm import tqdm
 from sqlcopilot_core.artifacts import file_checksums, sha256_file
 from sqlcopilot_core.config import ConfigError, config_to_dict
 from sqlcopilot_core.decoder import Decoder, greedy_generate
+from sqlcopilot_core.sqlconstraint import token_texts
 
 FORMAT = "sqlcopilot-export"
 FORMAT_VERSION = 2  # 2: "files" lists the sha256 and size of every file, checked by every loader
@@ -29,6 +31,7 @@ MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
                    "tokenizer.model", "added_tokens.json", "chat_template.jinja",
                    "prompt.json")  # prompt.json: the prompt settings the model was trained with (prompting.py)
+TOKEN_TEXTS_FILE = "token_texts.json"  # each token id's text (sqlconstraint.token_texts), for the C++ constraint
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # bfloat16: transformers' own cached decoding differs from its full forward pass by up to ~1.2 on SmolLM2-135M.
 DEFAULT_LOGIT_TOLERANCE = {"float32": 1e-4, "bfloat16": 0.1}
@@ -89,6 +92,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, config: ExportConfi
     decoder = Decoder.from_hf(model, config.max_seq_len, DTYPES[config.dtype])
     torch.jit.script(decoder).save(str(out_dir / GRAPH_FILE))
     tokenizer_files = _copy_tokenizer_files(model_dir, out_dir)
+    (out_dir / TOKEN_TEXTS_FILE).write_text(json.dumps(token_texts(tokenizer)))
     exported = ExportedModel(_load_graph(out_dir / GRAPH_FILE), out_dir)
     parity = parity_check(model, exported, tokenizer, prompts[: config.parity_prompts], config, model_dir)
     manifest = {
@@ -99,7 +103,8 @@ def export_model(model_dir: str | Path, out_dir: str | Path, config: ExportConfi
         "layers": layer_shapes(model), "tied_embeddings": decoder.lm_head.data_ptr() == decoder.embed.data_ptr(),
         "eos_token_id": _token_id(tokenizer.eos_token_id, model.config.eos_token_id),
         "pad_token_id": _token_id(tokenizer.pad_token_id, model.config.pad_token_id),
-        "tokenizer_files": tokenizer_files, "config": config_to_dict(config),
+        "tokenizer_files": tokenizer_files, "token_texts": TOKEN_TEXTS_FILE,
+        "special_token_ids": sorted(tokenizer.all_special_ids), "config": config_to_dict(config),
         "source_model": str(model_dir), "torch_version": torch.__version__, "parity": parity,
     }
     _enforce_parity(parity, config, out_dir)

@@ -17,6 +17,7 @@ from sqlcopilot_core.config import ConfigError
 from sqlcopilot_core.decoder import Decoder, greedy_generate
 from sqlcopilot_core.export import ExportConfig, ExportError, export_model, hf_greedy, load_exported, read_manifest
 from sqlcopilot_core.modeling import apply_layer_shapes, load_model, save_model, tiny_config, tiny_tokenizer
+from sqlcopilot_core.sqlconstraint import token_texts
 
 PROMPTS = ["SELECT name FROM singer WHERE age > 30", "How many heads of the departments are older than 56 ?",
            "-- SQLite\nSELECT count(*) FROM"]
@@ -94,10 +95,13 @@ def test_export_greedy_equals_transformers_greedy(model_dir, exported_dir):
 
 def test_export_folder_holds_graph_tokenizer_and_manifest(model_dir, exported_dir):
     assert {p.name for p in exported_dir.iterdir()} == {"decoder.pt", "manifest.json", "tokenizer.json",
-                                                         "tokenizer_config.json"}
+                                                         "tokenizer_config.json", "token_texts.json"}
     manifest = read_manifest(exported_dir)
     assert manifest["format"] == "sqlcopilot-export" and manifest["format_version"] == 2
-    assert set(manifest["files"]) == {"decoder.pt", "tokenizer.json", "tokenizer_config.json"}
+    assert set(manifest["files"]) == {"decoder.pt", "tokenizer.json", "tokenizer_config.json", "token_texts.json"}
+    # the C++ schema constraint's vocabulary: each token's text, and the special ids it bans (but end-of-text)
+    assert json.loads((exported_dir / "token_texts.json").read_text()) == token_texts(tiny_tokenizer())
+    assert manifest["token_texts"] == "token_texts.json" and manifest["special_token_ids"] == [256, 257]
     assert manifest["vocab_size"] == 258 and manifest["eos_token_id"] == 256 and manifest["pad_token_id"] == 257
     assert (manifest["max_seq_len"], manifest["dtype"], manifest["hidden_size"], manifest["head_dim"]) == \
         (96, "float32", 96, 16)
