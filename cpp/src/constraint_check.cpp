@@ -7,8 +7,9 @@
 //                                                     or -1, "mode", "depth", "words", "ended": of the last state}
 //     {"spec": {...}, "text": "..."}                -> {"accepts": bool}
 //     {"keywords": true}                            -> {"keywords": [...]}
-//   sqlcopilot-constraint-check --bench R   also times advance() over the token requests (best of R rounds) and
-//                                           prints the figures to stderr.
+//   sqlcopilot-constraint-check [--cache N] [--bench R]
+//     --cache N: advance() through a cache of N entries (default: none); --bench R: also times advance() over the
+//     token requests (best of R rounds) and prints the figures to stderr.
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -54,6 +55,7 @@ void bench(std::vector<Request>& requests, int rounds, int64_t vocab_size) {
   for (const auto& r : requests) calls_per_round += static_cast<int64_t>(r.tokens.size());
   volatile int64_t sink = 0;
   // gold paths, no cache
+  for (auto& r : requests) r.constraint->set_cache_limit(0);
   const double uncached = best_ns_per_call(rounds, [&] {
     int64_t calls = 0;
     for (const auto& r : requests) {
@@ -132,11 +134,13 @@ void bench(std::vector<Request>& requests, int rounds, int64_t vocab_size) {
 
 int main(int argc, char** argv) {
   int rounds = 0;
+  size_t cache = 0;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "--bench" && i + 1 < argc) rounds = std::atoi(argv[++i]);
+    else if (arg == "--cache" && i + 1 < argc) cache = static_cast<size_t>(std::atoll(argv[++i]));
     else {
-      std::cerr << "usage: sqlcopilot-constraint-check [--bench ROUNDS] < requests.jsonl\n";
+      std::cerr << "usage: sqlcopilot-constraint-check [--cache ENTRIES] [--bench ROUNDS] < requests.jsonl\n";
       return 1;
     }
   }
@@ -168,6 +172,7 @@ int main(int argc, char** argv) {
       } else {
         if (!constraints) throw std::runtime_error("no vocab line before the first request");
         auto constraint = constraints->get(request.at("spec"));
+        if (cache > 0 && constraint->cache_size() == 0) constraint->set_cache_limit(cache);
         if (request.has("text")) {
           std::cout << "{\"accepts\": " << (constraint->accepts(request.at("text").as_string()) ? "true" : "false")
                     << "}\n";

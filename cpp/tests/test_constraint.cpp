@@ -45,7 +45,9 @@ std::shared_ptr<const ConstraintVocabulary> byte_vocab() {
 }
 
 SchemaConstraint pets(std::shared_ptr<const ConstraintVocabulary> vocab) {
-  return SchemaConstraint({{"pets", {"id", "name", "age"}}, {"Owners", {"ID", "pet_id", "owner_name"}}}, vocab);
+  SchemaConstraint c({{"pets", {"id", "name", "age"}}, {"Owners", {"ID", "pet_id", "owner_name"}}}, vocab);
+  c.set_cache_limit(100);  // small: the walks below fill and clear it
+  return c;
 }
 
 struct Walk {

@@ -170,8 +170,8 @@ def summary(requests: list[tuple[str, str, dict]], got: list[dict]) -> dict:
             "mismatches": len(mismatches), "examples": mismatches[:5]}
 
 
-def run_check(program: str | Path, lines: list[str], bench: int = 0) -> tuple[list[dict], str]:
-    command = [str(program)] + (["--bench", str(bench)] if bench else [])
+def run_check(program: str | Path, lines: list[str], bench: int = 0, cache: int = 0) -> tuple[list[dict], str]:
+    command = [str(program)] + (["--bench", str(bench)] if bench else []) + (["--cache", str(cache)] if cache else [])
     done = subprocess.run(command, input="\n".join(lines) + "\n", capture_output=True, text=True, check=True)
     return [json.loads(line) for line in done.stdout.splitlines()], done.stderr
 
@@ -194,12 +194,13 @@ def test_cpp_constraint_rejects_the_same_tokens_as_python_on_spider_dev(check_pr
 
     # the byte tokenizer cuts every name at every character: the strictest prefix check
     requests = build_requests(shared_spider, tiny_tokenizer())
-    got, _ = run_check(check_program, [line for _, line, _ in requests])
-    result = summary(requests, got)
-    print(f"\nC++ vs Python schema constraint: {json.dumps(result, ensure_ascii=False)}")
-    assert result["requests"]["gold"] >= 500 and result["gold_rejected_by_python"] == 0
-    assert result["must_reject_accepted_by_python"] == 0
-    assert result["mismatches"] == 0
+    lines = [line for _, line, _ in requests]
+    for cache in (0, 5000):  # advance() computed, and through a cache that fills and clears
+        result = summary(requests, run_check(check_program, lines, cache=cache)[0])
+        print(f"\nC++ (cache {cache}) vs Python schema constraint: {json.dumps(result, ensure_ascii=False)}")
+        assert result["requests"]["gold"] >= 500 and result["gold_rejected_by_python"] == 0
+        assert result["must_reject_accepted_by_python"] == 0
+        assert result["mismatches"] == 0
 
 
 def _main() -> None:
