@@ -7,9 +7,10 @@ token sequences fed to both must be rejected at the same token, or accepted with
 
 Sequences: every gold query of the Spider dev split (as training writes it: target_ids), each with one column name
 replaced by a made-up word, the table after its first FROM replaced, a ')' appended, or a quote left open (all four
-must be rejected), and seeded random edits of it (a character deleted, inserted or replaced: either way, as long as
-both agree); plus whole texts (accepts) mixing SQL with non-ASCII characters, where the classes of str.isalnum,
-isspace, isdigit, lower and re's \\d decide.
+must be rejected), seeded random edits of it (a character deleted, inserted or replaced; a token replaced by any id
+of the vocabulary, four inserted, a special one inserted: either verdict, as long as both agree); plus texts mixing SQL
+with non-ASCII characters (whole, for accepts, and as tokens), where the classes of str.isalnum, isspace, isdigit,
+lower and re's \\d decide.
 """
 
 from __future__ import annotations
@@ -98,6 +99,18 @@ def mutations(query: str, tables: dict[str, list[str]], rng: random.Random) -> t
     return must, edits
 
 
+def token_edits(ids: list[int], constraint: SchemaConstraint, rng: random.Random) -> list[list[int]]:
+    """A gold token sequence with one token replaced by any id, with four ids inserted, and with a banned (special)
+    id inserted: every kind of token text of the vocabulary, in every state."""
+    vocab = len(constraint.token_texts)
+    at = rng.randrange(len(ids))
+    edits = [ids[:at] + [rng.randrange(vocab)] + ids[at + 1:],
+             ids[:at] + [rng.randrange(vocab) for _ in range(4)] + ids[at:]]
+    if constraint.banned:
+        edits.append(ids[:at] + [rng.choice(sorted(constraint.banned))] + ids[at:])
+    return edits
+
+
 def unicode_texts(rng: random.Random, count: int) -> list[str]:
     """Texts mixing SQL pieces, names and non-ASCII characters (for accepts)."""
     pieces = SQL_BITS + UNICODE
@@ -131,7 +144,10 @@ def build_requests(spider_dir: Path, tokenizer, preds: Path | None = None,
             if not requests:
                 requests.append(("vocab", vocab_line(constraints[key]),
                                  {"tokens": len(constraints[key].token_texts)}))
-        tokens(key, target_ids(tokenizer, example.query), "gold")
+        gold = target_ids(tokenizer, example.query)
+        tokens(key, gold, "gold")
+        for ids in token_edits(gold, constraints[key], rng):
+            tokens(key, ids, "token_edit")
         must, edits = mutations(example.query, specs[key]["tables"], rng)
         for sql in must:
             tokens(key, target_ids(tokenizer, sql), "must_reject")
@@ -142,6 +158,8 @@ def build_requests(spider_dir: Path, tokenizer, preds: Path | None = None,
     first = str(examples[0].db_path)
     for sql in unicode_texts(rng, 3000):
         text(first, sql)
+        # as tokens too, whitespace kept: newlines, blank lines and ';' inside tokens (stop ids)
+        tokens(first, tokenizer(sql, add_special_tokens=False).input_ids + [tokenizer.eos_token_id], "text_tokens")
     if preds is not None:
         db_path = {e.db_id: str(e.db_path) for e in examples}
         for line in preds.read_text().splitlines():
