@@ -3,6 +3,7 @@
 //
 //   stdin, one JSON object a line, one reply line each:
 //     {"vocab": {"token_texts": [...], "eos_id": N, "stop_ids": [...], "banned_ids": [...]}}  -> {"tokens": V}
+//     {"export": "DIR"}: the vocabulary of an export folder (ConstraintVocabulary::load)        -> {"tokens": V}
 //     {"spec": {"tables": {...}}, "tokens": [ids]}  -> {"rejected_at": index of the first token advance() rejects,
 //                                                     or -1, "mode", "depth", "words", "ended": of the last state}
 //     {"spec": {...}, "text": "..."}                -> {"accepts": bool}
@@ -154,7 +155,11 @@ int main(int argc, char** argv) {
     if (line.empty()) continue;
     try {
       const Json request = Json::parse(line);
-      if (request.has("vocab")) {
+      if (request.has("export")) {
+        vocab = sqlcopilot::ConstraintVocabulary::load(request.at("export").as_string());
+        constraints = std::make_unique<sqlcopilot::SchemaConstraintCache>(vocab);
+        std::cout << "{\"tokens\": " << vocab->size() << "}\n";
+      } else if (request.has("vocab")) {
         const Json& v = request.at("vocab");
         std::vector<std::string> texts;
         for (const Json& text : v.at("token_texts").as_array()) texts.push_back(text.as_string());

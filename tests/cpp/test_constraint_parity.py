@@ -202,16 +202,21 @@ def check_program() -> Path:
     return Path(info["build_dir"]) / CHECK_NAME
 
 
+@pytest.fixture(scope="module")
+def dev_requests(shared_spider) -> list[tuple[str, str, dict]]:
+    from sqlcopilot_core.modeling import tiny_tokenizer
+
+    # the byte tokenizer cuts every name at every character: the strictest prefix check
+    return build_requests(shared_spider, tiny_tokenizer())
+
+
 def test_keywords_are_python_s(check_program):
     got, _ = run_check(check_program, ['{"keywords": true}'])
     assert got == [{"keywords": sorted(KEYWORDS)}]
 
 
-def test_cpp_constraint_rejects_the_same_tokens_as_python_on_spider_dev(check_program, shared_spider):
-    from sqlcopilot_core.modeling import tiny_tokenizer
-
-    # the byte tokenizer cuts every name at every character: the strictest prefix check
-    requests = build_requests(shared_spider, tiny_tokenizer())
+def test_cpp_constraint_rejects_the_same_tokens_as_python_on_spider_dev(check_program, dev_requests):
+    requests = dev_requests
     lines = [line for _, line, _ in requests]
     for cache in (0, 5000):  # advance() computed, and through a cache that fills and clears
         result = summary(requests, run_check(check_program, lines, cache=cache)[0])
@@ -219,6 +224,20 @@ def test_cpp_constraint_rejects_the_same_tokens_as_python_on_spider_dev(check_pr
         assert result["requests"]["gold"] >= 500 and result["gold_rejected_by_python"] == 0
         assert result["must_reject_accepted_by_python"] == 0
         assert result["mismatches"] == 0
+
+
+def test_cpp_reads_the_vocabulary_an_export_writes(check_program, dev_requests, tmp_path):
+    """token_texts.json and the manifest's eos and special ids give the C++ side the vocabulary Python's
+    for_database builds (stop ids: computed from the texts in C++ as statement_end_ids does)."""
+    from sqlcopilot_core.export import ExportConfig, export_model
+    from tests.core.test_export import PROMPTS, make_model_folder
+
+    export_dir = tmp_path / "export"
+    export_model(make_model_folder(tmp_path / "model"), export_dir, ExportConfig(max_seq_len=96, parity_prompts=1,
+                                                                                  parity_new_tokens=4), PROMPTS)
+    lines = [json.dumps({"export": str(export_dir)})] + [line for _, line, _ in dev_requests[1:]]
+    result = summary(dev_requests, run_check(check_program, lines)[0])
+    assert result["mismatches"] == 0, result["examples"]
 
 
 def _main() -> None:
