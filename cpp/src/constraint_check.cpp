@@ -163,8 +163,8 @@ int main(int argc, char** argv) {
         const Json& v = request.at("vocab");
         std::vector<std::string> texts;
         for (const Json& text : v.at("token_texts").as_array()) texts.push_back(text.as_string());
-        const std::vector<int64_t> stops = v.has("stop_ids") ? ids_of(v.at("stop_ids"))
-                                                             : sqlcopilot::ConstraintVocabulary::statement_end_ids(texts);
+        const std::vector<int64_t> stops =
+            v.has("stop_ids") ? ids_of(v.at("stop_ids")) : sqlcopilot::ConstraintVocabulary::statement_end_ids(texts);
         const int64_t eos = v.has("eos_id") && !v.at("eos_id").is_null() ? v.at("eos_id").as_int() : -1;
         vocab = std::make_shared<sqlcopilot::ConstraintVocabulary>(
             std::move(texts), eos, stops, v.has("banned_ids") ? ids_of(v.at("banned_ids")) : std::vector<int64_t>{});

@@ -257,11 +257,13 @@ def _main() -> None:
         from sqlcopilot_core.modeling import tiny_tokenizer
 
         tokenizer = tiny_tokenizer()
-    program = args.program or Path(build_runner(CPP_DIR, paths.build_dir() / "cpp-constraint")["build_dir"]) / CHECK_NAME
+    program = args.program or Path(build_runner(CPP_DIR, paths.build_dir() / "cpp-constraint")["build_dir"])
+    program = Path(program) / CHECK_NAME if Path(program).is_dir() else program
     requests = build_requests(Path(args.spider), tokenizer, Path(args.preds) if args.preds else None, args.split)
     got, timing = run_check(program, [line for _, line, _ in requests], args.bench)
     result = summary(requests, got)
-    print(json.dumps({"tokenizer": args.tokenizer or "tiny byte tokenizer", "split": args.split, **result}, indent=1, ensure_ascii=False))
+    print(json.dumps({"tokenizer": args.tokenizer or "tiny byte tokenizer", "split": args.split, **result}, indent=1,
+                     ensure_ascii=False))
     if timing:
         print(timing, file=sys.stderr)
     sys.exit(1 if result["mismatches"] else 0)
