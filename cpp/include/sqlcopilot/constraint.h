@@ -10,7 +10,8 @@
 // A char-level prefix state machine (sqlconstraint.py's docstring says what it enforces). Every character is
 // classified as Python does (str.isalnum, isspace, isdigit, lower and re's \d from Python's own Unicode database,
 // scripts/gen_unicode_tables.py), so the C++ and Python constraints reject the same token of the same text (checked
-// by tests/cpp/test_constraint_parity.py).
+// by tests/cpp/test_constraint_parity.py). One difference by design: the spec's names are lowercased a character at a
+// time, where Python lowers a whole name (they differ only for a Greek capital sigma ending a word).
 //
 // advance() can cache its results like Python's (set_cache_limit); the cache is off by default, because in C++ a
 // lookup costs about what the computation does (sqlcopilot-constraint-check --bench: ~180 ns a call uncached, ~200
