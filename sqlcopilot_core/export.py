@@ -1,8 +1,7 @@
 """Export stage core: compile a model folder's decoder to TorchScript, prove it matches transformers, describe it.
 
-An export folder holds the graph (decoder.pt), the tokenizer files copied from the model folder, token_texts.json
-(each token id's text, for the C++ schema constraint) and manifest.json (format "sqlcopilot-export", format_version
-1), which the C++ runner reads. All torch.jit use lives in this module.
+An export folder holds the graph (decoder.pt), the tokenizer files copied from the model folder and manifest.json
+(format "sqlcopilot-export", format_version 1), which the C++ runner reads. All torch.jit use lives in this module.
 
     python -m sqlcopilot_core.export work/smollm2_base work/export_smollm2 --dtype bfloat16
 """
@@ -22,7 +21,6 @@ from tqdm import tqdm
 from sqlcopilot_core.artifacts import file_checksums, sha256_file
 from sqlcopilot_core.config import ConfigError, config_to_dict
 from sqlcopilot_core.decoder import Decoder, greedy_generate
-from sqlcopilot_core.sqlconstraint import token_texts
 
 FORMAT = "sqlcopilot-export"
 FORMAT_VERSION = 2  # 2: "files" lists the sha256 and size of every file, checked by every loader
@@ -31,7 +29,7 @@ MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
                    "tokenizer.model", "added_tokens.json", "chat_template.jinja",
                    "prompt.json")  # prompt.json: the prompt settings the model was trained with (prompting.py)
-TOKEN_TEXTS_FILE = "token_texts.json"  # each token id's text (sqlconstraint.token_texts), for the C++ constraint
+TOKEN_TEXTS_FILE = "token_texts.json"  # each token id's text (sqlconstraint.token_texts), for the C++ schema constraint
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # bfloat16: transformers' own cached decoding differs from its full forward pass by up to ~1.2 on SmolLM2-135M.
 DEFAULT_LOGIT_TOLERANCE = {"float32": 1e-4, "bfloat16": 0.1}
@@ -81,6 +79,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, config: ExportConfi
     more than the tolerance; bfloat16 token agreement is recorded, not enforced (see `parity_check`).
     """
     from sqlcopilot_core.modeling import layer_shapes, load_model
+    from sqlcopilot_core.sqlconstraint import token_texts
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -103,9 +102,9 @@ def export_model(model_dir: str | Path, out_dir: str | Path, config: ExportConfi
         "layers": layer_shapes(model), "tied_embeddings": decoder.lm_head.data_ptr() == decoder.embed.data_ptr(),
         "eos_token_id": _token_id(tokenizer.eos_token_id, model.config.eos_token_id),
         "pad_token_id": _token_id(tokenizer.pad_token_id, model.config.pad_token_id),
-        "tokenizer_files": tokenizer_files, "token_texts": TOKEN_TEXTS_FILE,
-        "special_token_ids": sorted(tokenizer.all_special_ids), "config": config_to_dict(config),
+        "tokenizer_files": tokenizer_files, "config": config_to_dict(config),
         "source_model": str(model_dir), "torch_version": torch.__version__, "parity": parity,
+        "token_texts": TOKEN_TEXTS_FILE, "special_token_ids": sorted(tokenizer.all_special_ids),  # C++ constraint
     }
     _enforce_parity(parity, config, out_dir)
     manifest["files"] = file_checksums(out_dir)

@@ -285,7 +285,12 @@ std::shared_ptr<const ConstraintVocabulary> ConstraintVocabulary::load(const std
   if (manifest.has("special_token_ids"))
     for (const Json& id : manifest.at("special_token_ids").as_array())
       if (id.as_int() != eos) banned.push_back(id.as_int());
-  std::vector<int64_t> stops = statement_end_ids(texts);
+  // "stop_token_ids" (format 3) is generate.statement_end_ids, which statement_end_ids computes from the texts
+  std::vector<int64_t> stops;
+  if (manifest.has("stop_token_ids"))
+    for (const Json& id : manifest.at("stop_token_ids").as_array()) stops.push_back(id.as_int());
+  else
+    stops = statement_end_ids(texts);
   return std::make_shared<ConstraintVocabulary>(std::move(texts), eos, stops, banned);
 }
 

@@ -17,7 +17,6 @@ from sqlcopilot_core.config import ConfigError
 from sqlcopilot_core.decoder import Decoder, greedy_generate
 from sqlcopilot_core.export import ExportConfig, ExportError, export_model, hf_greedy, load_exported, read_manifest
 from sqlcopilot_core.modeling import apply_layer_shapes, load_model, save_model, tiny_config, tiny_tokenizer
-from sqlcopilot_core.sqlconstraint import token_texts
 
 PROMPTS = ["SELECT name FROM singer WHERE age > 30", "How many heads of the departments are older than 56 ?",
            "-- SQLite\nSELECT count(*) FROM"]
@@ -85,6 +84,15 @@ def test_decoder_logits_equal_transformers_at_every_step(model_dir, packed):
         assert len(set(tokens)) > 3, "the tiny model should not repeat one token"
 
 
+def test_export_writes_each_token_s_text_for_the_cpp_constraint(exported_dir):
+    """token_texts.json and the special ids (banned but end-of-text): the C++ schema constraint's vocabulary."""
+    from sqlcopilot_core.sqlconstraint import token_texts
+
+    manifest = read_manifest(exported_dir)
+    assert json.loads((exported_dir / "token_texts.json").read_text()) == token_texts(tiny_tokenizer())
+    assert manifest["token_texts"] == "token_texts.json" and manifest["special_token_ids"] == [256, 257]
+
+
 def test_export_greedy_equals_transformers_greedy(model_dir, exported_dir):
     model, tokenizer = load_model(model_dir)
     exported = load_exported(exported_dir)
@@ -99,9 +107,6 @@ def test_export_folder_holds_graph_tokenizer_and_manifest(model_dir, exported_di
     manifest = read_manifest(exported_dir)
     assert manifest["format"] == "sqlcopilot-export" and manifest["format_version"] == 2
     assert set(manifest["files"]) == {"decoder.pt", "tokenizer.json", "tokenizer_config.json", "token_texts.json"}
-    # the C++ schema constraint's vocabulary: each token's text, and the special ids it bans (but end-of-text)
-    assert json.loads((exported_dir / "token_texts.json").read_text()) == token_texts(tiny_tokenizer())
-    assert manifest["token_texts"] == "token_texts.json" and manifest["special_token_ids"] == [256, 257]
     assert manifest["vocab_size"] == 258 and manifest["eos_token_id"] == 256 and manifest["pad_token_id"] == 257
     assert (manifest["max_seq_len"], manifest["dtype"], manifest["hidden_size"], manifest["head_dim"]) == \
         (96, "float32", 96, 16)

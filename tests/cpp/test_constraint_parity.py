@@ -230,12 +230,20 @@ def test_cpp_reads_the_vocabulary_an_export_writes(check_program, dev_requests, 
     """token_texts.json and the manifest's eos and special ids give the C++ side the vocabulary Python's
     for_database builds (stop ids: computed from the texts in C++ as statement_end_ids does)."""
     from sqlcopilot_core.export import ExportConfig, export_model
+    from sqlcopilot_core.generate import statement_end_ids
+    from sqlcopilot_core.modeling import tiny_tokenizer
     from tests.core.test_export import PROMPTS, make_model_folder
 
     export_dir = tmp_path / "export"
     export_model(make_model_folder(tmp_path / "model"), export_dir, ExportConfig(max_seq_len=96, parity_prompts=1,
                                                                                   parity_new_tokens=4), PROMPTS)
     lines = [json.dumps({"export": str(export_dir)})] + [line for _, line, _ in dev_requests[1:]]
+    result = summary(dev_requests, run_check(check_program, lines)[0])
+    assert result["mismatches"] == 0, result["examples"]
+    # a manifest that lists the stop ids itself ("stop_token_ids", generate.statement_end_ids): the same vocabulary
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    (export_dir / "manifest.json").write_text(json.dumps({**manifest, "stop_token_ids": sorted(
+        statement_end_ids(tiny_tokenizer()))}))
     result = summary(dev_requests, run_check(check_program, lines)[0])
     assert result["mismatches"] == 0, result["examples"]
 

@@ -41,8 +41,8 @@ class ConstraintVocabulary {
   ConstraintVocabulary(std::vector<std::string> token_texts, int64_t eos_id, const std::vector<int64_t>& stop_ids,
                        const std::vector<int64_t>& banned_ids);
 
-  // From an export folder: token_texts.json (the list of texts), manifest.json's eos_token_id and
-  // special_token_ids (banned but end-of-text); the stop ids are computed from the texts as Python does.
+  // From an export folder: token_texts.json (the list of texts), manifest.json's eos_token_id, special_token_ids
+  // (banned but end-of-text) and stop_token_ids (when absent, computed from the texts as Python does).
   static std::shared_ptr<const ConstraintVocabulary> load(const std::filesystem::path& export_dir);
 
   // generate.statement_end_ids: the ids whose text holds ';' or "\n\n".
