@@ -84,15 +84,6 @@ def test_decoder_logits_equal_transformers_at_every_step(model_dir, packed):
         assert len(set(tokens)) > 3, "the tiny model should not repeat one token"
 
 
-def test_export_writes_each_token_s_text_for_the_cpp_constraint(exported_dir):
-    """token_texts.json and the special ids (banned but end-of-text): the C++ schema constraint's vocabulary."""
-    from sqlcopilot_core.sqlconstraint import token_texts
-
-    manifest = read_manifest(exported_dir)
-    assert json.loads((exported_dir / "token_texts.json").read_text()) == token_texts(tiny_tokenizer())
-    assert manifest["token_texts"] == "token_texts.json" and manifest["special_token_ids"] == [256, 257]
-
-
 def test_export_greedy_equals_transformers_greedy(model_dir, exported_dir):
     model, tokenizer = load_model(model_dir)
     exported = load_exported(exported_dir)
@@ -125,6 +116,15 @@ def test_unknown_manifest_is_refused_naming_the_export_stage(exported_dir, tmp_p
     (copy / "manifest.json").write_text(json.dumps({**manifest, **change}))
     with pytest.raises(ExportError, match=f"{message}.*re-run the export stage"):
         load_exported(copy)
+
+
+def test_export_writes_each_token_s_text_for_the_cpp_constraint(exported_dir):
+    """token_texts.json and the special ids (banned but end-of-text): the C++ schema constraint's vocabulary."""
+    from sqlcopilot_core.sqlconstraint import token_texts
+
+    manifest = read_manifest(exported_dir)
+    assert json.loads((exported_dir / "token_texts.json").read_text()) == token_texts(tiny_tokenizer())
+    assert manifest["token_texts"] == "token_texts.json" and manifest["special_token_ids"] == [256, 257]
 
 
 def test_missing_graph_is_named(exported_dir, tmp_path):
