@@ -207,13 +207,15 @@ class ExportedModel:
             return greedy_generate(self, ids, max_new_tokens, self.eos_token_id, stop_ids)
 
     def beams_exported(self, input_ids: torch.Tensor | list[int], num_beams: int, max_new_tokens: int,
-                       stop_ids: frozenset[int] = frozenset(), stop_at_eos: bool = True, prefix_len: int = 0) -> list:
-        """Beam candidates (beams.Candidate, best first) after input_ids, as the C++ runner computes them."""
+                       stop_ids: frozenset[int] = frozenset(), stop_at_eos: bool = True, prefix_len: int = 0,
+                       constraint=None) -> list:
+        """Beam candidates (beams.Candidate, best first) after input_ids, as the C++ runner computes them;
+        `constraint`: a sqlconstraint.SchemaConstraint (the runner's request field "constraint")."""
         ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(1, -1)
         self._check_length(ids)
         with torch.inference_mode():
             return beam_generate(self, ids, num_beams, max_new_tokens, self.eos_token_id if stop_at_eos else -1,
-                                 stop_ids, prefix_len)
+                                 stop_ids, prefix_len, constraint)
 
     def generate_with_logits(self, input_ids: torch.Tensor, max_new_tokens: int) -> tuple[list[int], torch.Tensor]:
         """Greedy new tokens (not stopping at end-of-sequence) and the logits [n, vocab] each was chosen from."""

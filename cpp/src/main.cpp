@@ -17,7 +17,10 @@
 //   "stop_ids": [...]       decoding ends after one of these tokens (kept in the output)
 //   "stop_at_statement_end": true   adds the manifest's stop_token_ids (tokens holding ';' or a blank line)
 //   "stop_at_eos": false    end-of-text is an ordinary token (decodes exactly max_new_tokens: how speed is measured)
-// A request with a schema "constraint" is refused: the runner does not apply one yet (it would decode unconstrained).
+//   "constraint": {"tables": {table: [column, ...]}}   (beams only) the schema constraint of
+//                           sqlcopilot_core/sqlconstraint.py (cpp/include/sqlcopilot/constraint.h): every beam's tokens
+//                           must stay a valid SQL prefix over these names, as beams.beam_search applies it; num_beams 1
+//                           is constrained greedy decoding. The export's token_texts.json is read on the first one.
 // A bad request gets {"id":..,"error":".."} and the runner keeps serving; a model it cannot load ends it with exit
 // code 2.
 // On a machine busy with other work, run it with OMP_WAIT_POLICY=PASSIVE (or --threads 1): spinning OpenMP threads
@@ -125,10 +128,8 @@ sqlcopilot::Json reply_for(sqlcopilot::Runner& runner, const std::string& line, 
     for (const Json& token : request.at("input_ids").as_array()) input_ids.push_back(token.as_int());
     const int64_t max_new = request.has("max_new_tokens") ? request.at("max_new_tokens").as_int()
                                                           : default_max_new_tokens;
-    const auto options = decode_options(request, runner.manifest());
-    if (request.has("constraint"))  // the schema constraint (sqlcopilot_core/sqlconstraint.py) is not ported yet
-      throw std::invalid_argument("this runner does not apply a schema constraint ('constraint'); decode constrained "
-                                  "beams in Python");
+    auto options = decode_options(request, runner.manifest());
+    if (request.has("constraint")) options.constraint = runner.constraint(request.at("constraint"));
     if (request.has("num_beams"))
       return beams_reply(runner, input_ids, request.at("num_beams").as_int(), max_new, options, id);
     const bool want_logits = request.has("return_logits") && request.at("return_logits").as_bool();
