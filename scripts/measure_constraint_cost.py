@@ -4,10 +4,10 @@
     .venv/bin/python scripts/measure_constraint_cost.py [--runner work/build/cpp-tests/sqlcopilot-runner]
         [--export DIR] [--repeats 5] [--decode graph|kernel|auto] [--threads 1]
 
-Prints, per num_beams, the decode milliseconds per step (each step gives every live beam one token) and per
-generated token (step x live beams, counted as steps x num_beams: an upper bound, so a lower bound on the cost per
-token), unconstrained and constrained, and the difference: the constraint's cost (its advance() calls on the walked
-candidates, plus the wider walk when it rejects the best ones).
+Prints, per num_beams, decode microseconds per walk (one per generated token position: steps + 1, each giving every
+live beam one token), the part of it spent choosing candidates (the reply's walk_ms: the walk's bookkeeping and the
+constraint's advance() calls, plus the wider walk when it rejects the best candidates) and the constraint checks per
+walk; then the constraint's cost per step and per generated token (per step / num_beams).
 """
 
 from __future__ import annotations
@@ -63,18 +63,24 @@ def main() -> None:
             for num_beams in (1, 4):
                 totals = {}
                 for name, extra in (("free", {}), ("constrained", {"constraint": spec})):
-                    ms = steps = 0.0
+                    ms = walk = steps = checks = 0.0
                     for _ in range(args.repeats):
                         for ids in prompts:
-                            _, timing = runner.beams(ids, num_beams, args.max_new_tokens, **extra)
-                            ms, steps, path = ms + timing["decode_ms"], steps + timing["steps"], timing["decode"]
-                    totals[name] = (ms / steps, ms / (steps * num_beams), steps)
-                    print(f"num_beams {num_beams} {name:>11} ({path} decode): {ms / steps:.4f} ms/step, "
-                          f"{ms / (steps * num_beams) * 1000:.1f} us/token over {int(steps)} steps")
-                cost_step = totals["constrained"][0] - totals["free"][0]
-                print(f"num_beams {num_beams}: the constraint costs {cost_step * 1000:+.1f} us/step, "
-                      f"{cost_step / num_beams * 1000:+.1f} us per generated token "
-                      f"({cost_step / totals['free'][0] * 100:+.0f}% of an unconstrained step)")
+                            reply = runner._request({"input_ids": ids, "num_beams": num_beams,
+                                                     "max_new_tokens": args.max_new_tokens, **extra})
+                            ms, walk = ms + reply["decode_ms"], walk + reply["walk_ms"]
+                            steps, checks, path = steps + reply["steps"] + 1, checks + reply["constraint_checks"], \
+                                reply["decode"]
+                    totals[name] = (ms / steps, walk / steps)
+                    print(f"num_beams {num_beams} {name:>11} ({path} decode): {ms / steps * 1000:.1f} us/step of which "
+                          f"{walk / steps * 1000:.1f} us choosing candidates, {checks / steps:.1f} constraint checks/step"
+                          f" over {int(steps)} walks")
+                decode_cost = totals["constrained"][0] - totals["free"][0]
+                walk_cost = totals["constrained"][1] - totals["free"][1]
+                print(f"num_beams {num_beams}: the constraint costs {walk_cost * 1000:+.1f} us/step in the walk "
+                      f"({walk_cost / num_beams * 1000:+.1f} us per generated token, "
+                      f"{walk_cost / totals['free'][0] * 100:+.1f}% of an unconstrained step); whole decode_ms "
+                      f"difference {decode_cost * 1000:+.1f} us/step (noisier)")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 #include "sqlcopilot/beams.h"
 
 #include <algorithm>
+#include <chrono>
 #include <stdexcept>
 #include <string>
 
@@ -88,6 +89,7 @@ BeamSearchResult beam_search(const at::Tensor& first_logits, const BeamStep& ste
     const bool last = length == max_new_tokens;
     std::vector<Live> chosen;
     std::vector<int64_t> parents, tokens;
+    const auto walk_start = std::chrono::steady_clock::now();
     Walk walk(logprobs, live, num_beams);
     // At the last step every accepted candidate finishes and the walk would run through all of them; once
     // num_beams of them hold a token (not end-of-text) none after them can rank among the best num_beams (scores are
@@ -99,6 +101,7 @@ BeamSearchResult beam_search(const at::Tensor& first_logits, const BeamStep& ste
       std::optional<SchemaConstraint::State> state;
       if (constraint) {
         state = constraint->advance(live[beam].state, token);
+        ++result.constraint_checks;
         if (!state) continue;
       }
       const double score = walk.total(flat);
@@ -117,6 +120,7 @@ BeamSearchResult beam_search(const at::Tensor& first_logits, const BeamStep& ste
         if (static_cast<int64_t>(chosen.size()) == num_beams) break;
       }
     }
+    result.walk_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - walk_start).count();
     if (static_cast<int64_t>(finished.size()) >= num_beams || chosen.empty()) break;
     live = std::move(chosen);
     logprobs = step(tokens, parents).to(at::kFloat).log_softmax(-1);

@@ -10,7 +10,8 @@
 //   "num_beams": N (1..16)  beam decoding; the reply holds "beams": [{"output_ids", "score", "normalized_score"}, ...]
 //                           best first, "steps" (decode steps, each advancing every live beam), "new_tokens"
 //                           (steps + 1: the tokens the longest beams decoded), "prefill_ms", "decode_ms", "decode",
-//                           "prefix_reused"
+//                           "prefix_reused", "walk_ms" (the part of decode_ms spent choosing candidates, the
+//                           constraint included) and "constraint_checks" (candidates the constraint was asked about)
 //   "prefix_len": P         input_ids[:P] is a reusable prefix (a database's schema): its cache is kept (the last
 //                           few, least recently used dropped) and a later request with the same prefix prefills only
 //                           the rest; "prefix_reused" says whether it did
@@ -114,6 +115,8 @@ sqlcopilot::Json beams_reply(sqlcopilot::Runner& runner, const std::vector<int64
                           {"new_tokens", Json::of_number(static_cast<double>(found.beams.empty() ? 0 : found.steps + 1))},
                           {"prefill_ms", Json::of_number(found.prefill_ms)},
                           {"decode_ms", Json::of_number(found.decode_ms)},
+                          {"walk_ms", Json::of_number(found.walk_ms)},
+                          {"constraint_checks", Json::of_number(static_cast<double>(found.constraint_checks))},
                           {"decode", Json::of_string(runner.decode_path())},
                           {"prefix_reused", Json::of_bool(found.prefix_reused)}});
 }

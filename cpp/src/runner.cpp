@@ -309,6 +309,8 @@ BeamGeneration Runner::beams(const std::vector<int64_t>& input_ids, int64_t num_
                            nullptr, options.constraint.get());
   result.beams = std::move(found.hypotheses);
   result.steps = found.steps;
+  result.walk_ms = found.walk_ms;
+  result.constraint_checks = found.constraint_checks;
   result.decode_ms = elapsed_ms(start);
   return result;
 }

@@ -148,7 +148,8 @@ def test_bad_constrained_requests_are_refused_and_the_runner_keeps_serving(built
     replies = [json.loads(line) for line in served.stdout.splitlines()]
     assert "constraint" in replies[0]["error"] and "tables" in replies[0]["error"]
     assert "num_beams" in replies[1]["error"]
-    assert len(replies[2]["beams"]) >= 1
+    assert len(replies[2]["beams"]) >= 1 and replies[2]["constraint_checks"] >= 1
+    assert 0 <= replies[2]["walk_ms"] <= replies[2]["decode_ms"]
 
 
 def test_an_export_without_token_texts_is_named(built, tiny_exports, schema_db, tmp_path):

@@ -41,6 +41,8 @@ using BeamAllow = std::function<bool(int64_t beam, int64_t token)>;
 struct BeamSearchResult {
   std::vector<Hypothesis> hypotheses;  // best first
   int64_t steps = 0;                   // calls of `step`
+  double walk_ms = 0.0;                // the candidate walks (bookkeeping and constraint, not `step`)
+  int64_t constraint_checks = 0;       // advance() calls of the constraint
 };
 
 // eos_id < 0: no end-of-text token. `constraint` (may be null): the schema constraint every accepted token must

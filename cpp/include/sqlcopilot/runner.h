@@ -68,6 +68,8 @@ struct BeamGeneration {
   double prefill_ms = 0.0;        // prompt pass
   double decode_ms = 0.0;         // every beam step and its bookkeeping
   int64_t steps = 0;              // decode steps (each advances every live beam by one token)
+  double walk_ms = 0.0;           // part of decode_ms: choosing the candidates (with the constraint, if any)
+  int64_t constraint_checks = 0;  // candidates the constraint was asked about
   bool prefix_reused = false;
 };
 
