@@ -31,8 +31,9 @@ def cmd_sweep(args) -> int:
         from flows.sweep import prune_sweep
 
         result = prune_sweep(profile=args.profile, ratios=ratios, overrides=args.set, spider_dir=args.spider_dir,
-                             teacher=args.teacher)
-    print(json.dumps(result["rows"], indent=2))
+                             teacher=args.teacher, control=not args.no_control, cpp_speed=args.cpp_speed,
+                             prune_hidden_below=args.prune_hidden_below)
+    print(json.dumps({"rows": result["rows"], "control": (result["control"] or {}).get("metrics")}, indent=2))
     return 0
 
 
@@ -191,7 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = sub.add_parser("sweep", help="run the prune_sweep flow locally: one teacher, several pruning ratios")
     sweep.add_argument("--profile", default="cpu", help="smoke | cpu | gpu | path to a profile YAML")
-    sweep.add_argument("--ratios", default="0.75,0.5,0.25", help="comma-separated fractions of parameters kept")
+    sweep.add_argument("--ratios", default="0.75,0.5,0.25,0.12", help="comma-separated fractions of parameters kept")
+    sweep.add_argument("--no-control", action="store_true",
+                       help="skip the control (the teacher fine-tuned on for the distillation budget, unpruned)")
+    sweep.add_argument("--cpp-speed", action="store_true",
+                       help="also export and build every student and measure its C++ decode tokens/s")
+    sweep.add_argument("--prune-hidden-below", type=float, default=0.2,
+                       help="ratios below this also prune the hidden width (default 0.2)")
     sweep.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE", help="override a setting")
     sweep.add_argument("--spider-dir", help="Spider-format folder (default $SPIDER_DIR, else the sample data)")
     sweep.add_argument("--teacher", help="an existing finetune artifact folder to sweep (skips download_base and "

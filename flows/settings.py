@@ -20,3 +20,19 @@ def resolve_settings(profile: str, overrides: list[str], spider_dir: str | None)
     settings.setdefault("evaluate", {})["spider_dir"] = folder
     settings["spider_dir"] = folder
     return settings
+
+
+# The shared training recipe's fields that make a budget: what the distillation spends, the control spends too.
+BUDGET_FIELDS = ("epochs", "max_steps", "max_minutes", "batch_size", "grad_accum_steps", "learning_rate",
+                 "warmup_steps", "max_seq_len", "train_limit", "seed", "bf16_autocast", "checkpoint_every",
+                 "log_every")
+
+
+def control_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """finetune's settings with the distill stage's budget (its resolved values, defaults included): the sweep's
+    control trains the teacher on for exactly what a student's distillation is given."""
+    from sqlcopilot_core.config import config_from_dict, config_to_dict
+    from sqlcopilot_core.distill import DistillConfig
+
+    distill = config_to_dict(config_from_dict(DistillConfig, settings.get("distill", {}), "distill"))
+    return {**settings.get("finetune", {}), **{name: distill[name] for name in BUDGET_FIELDS}}

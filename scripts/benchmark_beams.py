@@ -11,6 +11,10 @@
     .venv/bin/python scripts/benchmark_beams.py --model work/smollm2_base --export work/export_fp32
     .venv/bin/python scripts/benchmark_beams.py --model work/smollm2_base --export work/export_fp32 --decode graph
 
+The export must be of format 3 or later (its graph has prefill_at and decode_beams; an older one: export again).
+Questions whose schema is filtered by relevance (too large for the prompt budget) have prefixes of their own, so
+"prefixes reused" can be below questions minus databases.
+
 The read bandwidth is measured just before and just after every timed request (as scripts/benchmark_runtimes.py
 does: on a shared machine it moves by a factor of two within minutes); each setting's decode speed is compared with
 the bound that bandwidth sets for one greedy token (every weight read once). On a machine shared with other work,

@@ -6,6 +6,11 @@ query/key/value and gate/up projections are fused into one matrix each, the cach
 are computed for the last position only. Layers may differ in width (pruned models): every size is read off the
 weight shapes, except head_dim, which comes from the config.
 
+Beams share the prompt: `decode_beams` advances N beams by one token each in one pass over the weights, every beam
+attending over the prompt's cache (computed once) and its own small cache of generated tokens, which the caller
+reorders by parent (`beam_generate`, the reference the C++ runner is tested against). `prefill_at` continues a
+prompt on top of a cached prefix (a database's schema).
+
     python -m sqlcopilot_core.decoder work/smollm2_base "SELECT"
 """
 

@@ -30,12 +30,16 @@ Schedules (DistillConfig.schedule), with S student layers and N = steps_per_laye
   to max_steps, uses kl_weight * KL + ce_weight * CE (no hidden term). The phase is a function of the step, so a
   resumed run continues in the phase it was killed in. One AdamW and one warmup + linear-decay learning-rate
   schedule span all phases.
+- either schedule, with final_ce_fraction f > 0: the last round(f * total steps) steps (at least one) form a 'gold'
+  phase whose loss is the student's cross-entropy on the gold SQL alone (no KL, no hidden term), so the student
+  ends on the answers rather than on the teacher's whole distribution.
 The teacher runs in eval mode under torch.inference_mode with every parameter frozen.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +85,9 @@ class DistillConfig(TrainingConfig):
     steps, in layer order, then a final KL + CE phase); see the module docstring."""
     steps_per_layer: int = 10
     """layerwise: optimizer steps spent on each student layer before moving to the next."""
+    final_ce_fraction: float = 0.0
+    """Fraction of the run's steps, at its end, trained on cross-entropy on the gold SQL alone (phase 'gold'; at
+    least one step when > 0); 0 = none. Must leave the distillation phases at least one step each."""
     layer_map: str | tuple[int, ...] = "uniform"
     """Teacher layer paired with each student layer: 'uniform' maps student layer i (of S) to teacher layer
     round_half_up((i + 1) * T / S) - 1 (of T), so the last layers pair up; or one teacher index per student layer."""
@@ -105,6 +112,8 @@ class DistillConfig(TrainingConfig):
         need(sum(weights.values()) > 0, f"at least one loss weight must be > 0, got {weights}")
         need(is_number(self.temperature) and self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
         need(self.steps_per_layer >= 1, f"steps_per_layer must be >= 1, got {self.steps_per_layer}")
+        need(is_number(self.final_ce_fraction) and 0 <= self.final_ce_fraction < 1,
+             f"final_ce_fraction must be in [0, 1), got {self.final_ce_fraction!r}")
 
 
 def parse_layer_map(value) -> str | tuple[int, ...]:
@@ -149,16 +158,34 @@ class Phase:
     """First step of the next phase (None = runs to max_steps)."""
     hidden_layers: tuple[int, ...]
     logits: bool
+    teacher: bool = True
+    """The logits term is kl_weight * KL + ce_weight * CE; False: CE on the gold SQL alone (phase 'gold')."""
 
 
-def distill_schedule(config: DistillConfig, student_layers: int) -> list[Phase]:
-    """The phases of a run in order (see the module docstring)."""
+def gold_steps(config: DistillConfig, total_steps: int) -> int:
+    """Steps of the final gold-SQL cross-entropy phase in a run of `total_steps`."""
+    return max(1, round(config.final_ce_fraction * total_steps)) if config.final_ce_fraction > 0 else 0
+
+
+def distill_schedule(config: DistillConfig, student_layers: int, total_steps: int | None = None) -> list[Phase]:
+    """The phases of a run in order (see the module docstring); the gold phase needs the run's `total_steps`."""
     every_layer = tuple(range(student_layers))
     if config.schedule == "all":
-        return [Phase(0, "all", 0, None, every_layer, True)]
-    n = config.steps_per_layer
-    layers = [Phase(i, f"layer {i}", i * n, (i + 1) * n, (i,), False) for i in every_layer]
-    return layers + [Phase(student_layers, "final", student_layers * n, None, (), True)]
+        phases = [Phase(0, "all", 0, None, every_layer, True)]
+    else:
+        n = config.steps_per_layer
+        phases = [Phase(i, f"layer {i}", i * n, (i + 1) * n, (i,), False) for i in every_layer]
+        phases.append(Phase(student_layers, "final", student_layers * n, None, (), True))
+    gold = gold_steps(config, total_steps) if total_steps is not None else 0
+    if gold:
+        start = total_steps - gold
+        if start <= phases[-1].start_step:
+            raise ValueError(f"DistillConfig.final_ce_fraction {config.final_ce_fraction}: its {gold} gold step(s) "
+                             f"of {total_steps} leave no step to the '{phases[-1].name}' phase (from step "
+                             f"{phases[-1].start_step}); lower it or train longer")
+        phases[-1] = dataclasses.replace(phases[-1], end_step=start)
+        phases.append(Phase(len(phases), "gold", start, None, (), True, teacher=False))
+    return phases
 
 
 def phase_at(schedule: list[Phase], step: int) -> Phase:
@@ -294,8 +321,10 @@ def phase_loss(parts: dict[str, Any], phase: Phase, config: DistillConfig) -> tu
     else:
         hidden = torch.zeros((), device=parts["kl"].device)
     loss = config.hidden_weight * hidden
-    if phase.logits:
+    if phase.logits and phase.teacher:
         loss = loss + config.kl_weight * parts["kl"] + config.ce_weight * parts["ce"]
+    elif phase.logits:
+        loss = loss + parts["ce"]
     return loss, hidden
 
 
@@ -329,7 +358,6 @@ def setup(student, teacher, tokenizer, train_examples: list[Example], config: Di
     check_pair(student, teacher)
     torch.manual_seed(config.seed)
     layer_map = resolve_layer_map(config.layer_map, len(student.model.layers), len(teacher.model.layers))
-    schedule = distill_schedule(config, len(layer_map))
     teacher.eval().requires_grad_(False)
     projections, projection = make_projections(student, teacher, kept_hidden_channels)
     modules = Distillation(student.requires_grad_(True), projections).to(next(student.parameters()).device)
@@ -337,10 +365,12 @@ def setup(student, teacher, tokenizer, train_examples: list[Example], config: Di
     recorded = {"layer_map_resolved": mapping["layer_map"], "student_layer_shapes": layer_shapes(student),
                 "student_hidden_size": mapping["student_hidden_size"]}
     run = setup_run(modules, tokenizer, train_examples, config, checkpoint_root, recorded, what="distill",
-                    extra={"teacher": teacher, "layer_map": layer_map, "schedule": schedule, "mapping": mapping})
-    if config.schedule == "layerwise" and run.total_steps <= schedule[-1].start_step:
+                    extra={"teacher": teacher, "layer_map": layer_map, "mapping": mapping})
+    schedule = run.extra["schedule"] = distill_schedule(config, len(layer_map), run.total_steps)
+    final = next(p for p in schedule if p.name in ("final", "all"))
+    if config.schedule == "layerwise" and run.total_steps <= final.start_step:
         raise ValueError(f"distill: the run's {run.total_steps} steps must exceed steps_per_layer x student layers "
-                         f"({config.steps_per_layer} x {len(layer_map)} = {schedule[-1].start_step}) so that the "
+                         f"({config.steps_per_layer} x {len(layer_map)} = {final.start_step}) so that the "
                          f"final KL + CE phase runs")
     return run
 

@@ -3,6 +3,12 @@ hidden width, ranked by weight magnitude or first-order Taylor saliency, cut out
 
     python -m sqlcopilot_core.prune --ratio 0.5                       # the tiny test model
     python -m sqlcopilot_core.prune --model work/smollm2_base --ratio 0.25 --prune-hidden --out /tmp/pruned
+    python -m sqlcopilot_core.prune compare --model M --spider-dir D --ratio 0.5 --holdout 200   # global vs sensitivity
+
+Per-layer widths come from the ranking (PruneConfig.allocation 'saliency': least salient structures anywhere go
+first) or from measured sensitivity ('sensitivity', sqlcopilot_core/sensitivity.py: the calibration loss rise of
+removing part of each layer's key/value groups or MLP channels decides how much each layer keeps); in both, the
+criterion picks which heads and channels of a layer go.
 
 How the surgery is split (measured with torch-pruning 1.6.1 and transformers 5.23): torch-pruning's DependencyGraph
 couples the residual stream (embedding, every q/k/v/gate/up input, o/down output, RMSNorm weights, lm_head) and each
@@ -22,7 +28,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -37,6 +43,7 @@ from sqlcopilot_core.modeling import count_parameters, layer_shapes
 
 RATIO_TOLERANCE = 0.02
 CRITERIA = ("magnitude", "taylor")
+ALLOCATIONS = ("saliency", "sensitivity")
 
 Calibration = Callable[[nn.Module], torch.Tensor] | Iterable[torch.Tensor | Mapping[str, torch.Tensor]]
 
@@ -70,6 +77,21 @@ class PruneConfig:
     layer to the same shape, each choosing its own least important structures."""
     seed: int = 0
     """Picks which sequences `make_calibration_batches` uses."""
+    allocation: str = "saliency"
+    """How many heads and channels each layer keeps: 'saliency' (the criterion's ranking decides, across layers when
+    global_ranking, else every layer alike); 'sensitivity' (a layer whose calibration loss rises more when part of
+    its attention or MLP is removed keeps more of it, at the same total; the criterion still picks which heads and
+    channels go). 'sensitivity' measures on `sensitivity_examples` packed Spider train examples."""
+    sensitivity_examples: int = 256
+    """Spider train examples (chosen with `seed`) whose gold-SQL loss the sensitivity measurement compares."""
+    sensitivity_per_database: int | None = 8
+    """At most this many of the sensitivity examples come from one database (None: no limit), so several questions
+    share each pack's schema and a pass reads fewer tokens per example (a pass is a forward over all of them)."""
+    sensitivity_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
+    """Fractions of each layer's key/value groups and MLP channels (and of the hidden width) removed, one loss pass
+    each (rounded to whole groups, repeats dropped): more fractions, a better curve, more passes."""
+    sensitivity_max_seq_len: int = 1024
+    """Longest pack (schema + questions + SQL) of the sensitivity batches, in tokens."""
 
     def __post_init__(self):
         if not 0 < self.ratio <= 1:
@@ -79,6 +101,25 @@ class PruneConfig:
         for name in ("calibration_batches", "calibration_batch_size", "min_heads_per_group"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"PruneConfig.{name}: {getattr(self, name)} must be at least 1")
+        if self.allocation not in ALLOCATIONS:
+            raise ConfigError(f"PruneConfig.allocation: {self.allocation!r} is not one of {list(ALLOCATIONS)}")
+        per_database = self.sensitivity_per_database
+        if isinstance(per_database, str):  # from a --set override
+            per_database = None if per_database.lower() in ("null", "none", "") else per_database
+            if isinstance(per_database, str) and per_database.isdigit():
+                per_database = int(per_database)
+            object.__setattr__(self, "sensitivity_per_database", per_database)
+        if per_database is not None and not (isinstance(per_database, int) and per_database >= 1):
+            raise ConfigError(f"PruneConfig.sensitivity_per_database: {per_database!r} must be an integer >= 1 "
+                              f"or null")
+        if self.sensitivity_examples < 1 or self.sensitivity_max_seq_len < 64:
+            raise ConfigError(f"PruneConfig.sensitivity_examples ({self.sensitivity_examples}) must be >= 1 and "
+                              f"sensitivity_max_seq_len ({self.sensitivity_max_seq_len}) >= 64")
+        fractions = tuple(self.sensitivity_fractions)
+        if not fractions or not all(isinstance(f, (int, float)) and 0 < f < 1 for f in fractions):
+            raise ConfigError(f"PruneConfig.sensitivity_fractions: {list(fractions)} must be one or more fractions "
+                              f"in (0, 1)")
+        object.__setattr__(self, "sensitivity_fractions", tuple(float(f) for f in fractions))
         if not (self.prune_heads or self.prune_mlp or self.prune_hidden) and self.ratio < 1:
             raise ConfigError("PruneConfig: prune_heads, prune_mlp and prune_hidden are all off, nothing can shrink")
 
@@ -99,6 +140,8 @@ class PrunePlan:
     target_parameters: int
     planned_parameters: int
     seconds: dict[str, float] = field(default_factory=dict)
+    allocation: dict = field(default_factory=dict)
+    """With allocation 'sensitivity': the measured sensitivity and the fraction of each structure removed."""
 
 
 def make_calibration_batches(sequences: Sequence[Sequence[int]], config: PruneConfig,
@@ -145,15 +188,12 @@ CALIBRATION_TOKENS = 512
 def calibration_sequences(train_dir: Path, tokenizer, count: int, seed: int, prompt=None) -> list[list[int]]:
     """Prompt + gold SQL token ids of `count` Spider train examples (Taylor importance needs real gradients), with
     the prompt the model was trained on (`prompt`: its PromptSettings)."""
-    from sqlcopilot_core.packing import target_ids
-    from sqlcopilot_core.prompting import Prompter, PromptSettings
+    from sqlcopilot_core.prompting import PromptSettings
     from sqlcopilot_core.spider import load_split
 
     examples = load_split(train_dir, "train")
     chosen = random.Random(seed).sample(examples, min(count, len(examples)))
-    prompter = Prompter(prompt or PromptSettings(), tokenizer)
-    return [(prompter.ids(e.db_path, e.question) + target_ids(tokenizer, e.query))[-CALIBRATION_TOKENS:]
-            for e in chosen]
+    return example_sequences(chosen, tokenizer, prompt or PromptSettings())
 
 
 def accumulate_gradients(model: nn.Module, calibration: Calibration | None, config: PruneConfig) -> int:
@@ -354,7 +394,19 @@ class _AttentionCutter:
         """Apply the cut with least saliency per parameter among those that bring the count closer to `budget`."""
         layers = list(range(len(self.groups)))
         scopes = [[i] for i in layers] if self.config.global_ranking else [layers]
-        excess = self.parameters() - budget
+        self._cut(scopes, self.parameters() - budget)
+
+    def cut_layer_to(self, layer: int, budget: float) -> None:
+        """Cut one layer's attention toward `budget` parameters, least salient cut per parameter first."""
+        self._cut([[layer]], self.geometry.attention(self.hidden, *self.shape(layer)) - budget)
+
+    def removal_order(self, layer: int) -> tuple[list[int], list[int]]:
+        """The layer's key/value groups, and its query heads, least salient first (for the sensitivity masks)."""
+        kv, heads = self.kv_scores[layer], self.head_scores[layer]
+        groups = (kv + heads.sum(1)).argsort(stable=True).tolist()
+        return groups, heads.flatten().argsort(stable=True).tolist()
+
+    def _cut(self, scopes: list[list[int]], excess: float) -> None:
         while excess > 0:
             options = [option for scope in scopes for option in self._options(scope) if option[1] < 2 * excess]
             if not options:
@@ -377,9 +429,7 @@ def _plan_mlp(geometry: _Geometry, hidden: int, saliency: dict[str, torch.Tensor
     widths = [width for *_, width in geometry.shapes]
     if not config.prune_mlp:
         return [list(range(width)) for width in widths]
-    scores = [_row_blocks(saliency, f"model.layers.{i}.mlp.gate_proj", w)
-              + _row_blocks(saliency, f"model.layers.{i}.mlp.up_proj", w)
-              + _column_blocks(saliency, f"model.layers.{i}.mlp.down_proj", w) for i, w in enumerate(widths)]
+    scores = [_mlp_scores(saliency, i, w) for i, w in enumerate(widths)]
     per_channel = geometry.mlp(hidden, 1) - geometry.mlp(hidden, 0)
     channels = round((budget - sum(geometry.mlp(hidden, 0) for _ in widths)) / per_channel)
     if not config.global_ranking:
@@ -403,6 +453,11 @@ def _plan_hidden(geometry: _Geometry, hidden: int, saliency: dict[str, torch.Ten
     """Kept hidden channels, ranked by their saliency in every weight the rest of the plan keeps."""
     if hidden == geometry.hidden:
         return list(range(hidden))
+    return sorted(_hidden_scores(geometry, saliency, layers).topk(hidden).indices.tolist())
+
+
+def _hidden_scores(geometry: _Geometry, saliency: dict[str, torch.Tensor], layers: list[LayerPlan]) -> torch.Tensor:
+    """Saliency of each hidden channel summed over every weight of it that `layers` keep."""
     total = saliency["model.embed_tokens.weight"].sum(0) + saliency["model.norm.weight"]
     if "lm_head.weight" in saliency:
         total = total + saliency["lm_head.weight"].sum(0)
@@ -417,16 +472,19 @@ def _plan_hidden(geometry: _Geometry, hidden: int, saliency: dict[str, torch.Ten
             total = total + saliency.get(f"{prefix}.{name}.bias", 0)
         for norm in ("input_layernorm", "post_attention_layernorm"):
             total = total + saliency[f"{prefix}.{norm}.weight"]
-    return sorted(total.topk(hidden).indices.tolist())
+    return total
 
 
 def _keep_everything(geometry: _Geometry) -> list[LayerPlan]:
     return [LayerPlan(list(range(kv)), list(range(heads)), list(range(width))) for heads, kv, width in geometry.shapes]
 
 
-def plan_pruning(model: LlamaForCausalLM, config: PruneConfig, calibration: Calibration | None = None) -> PrunePlan:
+def plan_pruning(model: LlamaForCausalLM, config: PruneConfig, calibration: Calibration | None = None,
+                 sensitivity_batches: Sequence | None = None, sensitivity: dict | None = None) -> PrunePlan:
     """Decide what to keep so the parameter count lands within 2% of ratio * original; the model is not changed
-    (taylor runs backward passes). Raises PruneError when the ratio cannot be reached with these settings."""
+    (taylor runs backward passes; allocation 'sensitivity' runs masked forward passes over `sensitivity_batches`,
+    packed batches from sensitivity.packed_batches, unless given `sensitivity`: an earlier measurement of this model
+    with the same criterion). Raises PruneError when the ratio cannot be reached."""
     geometry = _geometry(model)
     original = geometry.total(geometry.hidden, geometry.shapes)
     target = round(config.ratio * original)
@@ -438,21 +496,115 @@ def plan_pruning(model: LlamaForCausalLM, config: PruneConfig, calibration: Cali
     seconds = {"saliency": time.perf_counter() - started}
     width_budget = target - geometry.fixed(hidden)
     cutter = _AttentionCutter(geometry, hidden, saliency, config)
-    mlp_full = sum(geometry.mlp(hidden, width) for *_, width in geometry.shapes)
-    if config.prune_heads and config.prune_mlp:
-        attention_full = cutter.parameters()
-        cutter.cut_to(round(width_budget * attention_full / (attention_full + mlp_full)))
-    elif config.prune_heads:
-        cutter.cut_to(width_budget - mlp_full)
-    mlp_channels = _plan_mlp(geometry, hidden, saliency, config, width_budget - cutter.parameters())
+    allocation = {}
+    if config.allocation == "sensitivity":
+        allocation = ({"sensitivity": sensitivity} if sensitivity is not None else
+                      _measure(model, geometry, saliency, cutter, config, sensitivity_batches))
+        seconds["sensitivity"] = time.perf_counter() - started - seconds["saliency"]
+        mlp_channels = _allocate_by_sensitivity(geometry, hidden, saliency, config, cutter, width_budget, allocation)
+    else:
+        mlp_full = sum(geometry.mlp(hidden, width) for *_, width in geometry.shapes)
+        if config.prune_heads and config.prune_mlp:
+            attention_full = cutter.parameters()
+            cutter.cut_to(round(width_budget * attention_full / (attention_full + mlp_full)))
+        elif config.prune_heads:
+            cutter.cut_to(width_budget - mlp_full)
+        mlp_channels = _plan_mlp(geometry, hidden, saliency, config, width_budget - cutter.parameters())
     layers = [LayerPlan(*cutter.kept(index), channels) for index, channels in enumerate(mlp_channels)]
     hidden_channels = _plan_hidden(geometry, hidden, saliency, layers)
     planned = geometry.total(hidden, [(len(p.query_heads), len(p.kv_heads), len(p.mlp_channels)) for p in layers])
     if abs(planned / target - 1) > RATIO_TOLERANCE:
         raise PruneError(f"ratio {config.ratio}: the closest plan keeps {planned / original:.3f} of the parameters, "
                          f"more than {RATIO_TOLERANCE:.0%} off; heads are coarse, enable prune_mlp (or prune_hidden)")
-    seconds["plan"] = time.perf_counter() - started - seconds["saliency"]
-    return PrunePlan(layers, hidden_channels, target, planned, seconds)
+    seconds["plan"] = time.perf_counter() - started - sum(seconds.values())
+    return PrunePlan(layers, hidden_channels, target, planned, seconds, allocation)
+
+
+def _measure(model, geometry: _Geometry, saliency: dict[str, torch.Tensor], cutter: _AttentionCutter,
+             config: PruneConfig, batches: Sequence | None) -> dict:
+    """The sensitivity of every layer's attention and MLP (and of the hidden width), structures masked in the
+    order the criterion would remove them."""
+    from sqlcopilot_core.sensitivity import measure_sensitivity
+
+    if not batches:
+        raise PruneError("PruneConfig.allocation 'sensitivity' needs packed calibration batches "
+                         "(sensitivity_batches=sensitivity.packed_batches(...)); none were given")
+    layers = range(len(geometry.shapes))
+    mlp = [_mlp_scores(saliency, i, width) for i, (*_, width) in enumerate(geometry.shapes)]
+    orders = {"attention": [cutter.removal_order(i)[0] for i in layers],
+              "attention_heads": [cutter.removal_order(i)[1] for i in layers],
+              "mlp": [scores.argsort(stable=True).tolist() for scores in mlp],
+              "hidden": _hidden_scores(geometry, saliency, _keep_everything(geometry)).argsort(stable=True).tolist()}
+    was_training = model.training
+    try:
+        return {"sensitivity": measure_sensitivity(model, batches, orders, config.sensitivity_fractions,
+                                                   measure_hidden=config.prune_hidden)}
+    finally:
+        model.train(was_training)
+
+
+def _allocate_by_sensitivity(geometry: _Geometry, hidden: int, saliency: dict[str, torch.Tensor],
+                             config: PruneConfig, cutter: _AttentionCutter, width_budget: int,
+                             allocation: dict) -> list[list[int]]:
+    """Cut each layer's attention to its share of the budget and return each layer's kept MLP channels; the shares
+    remove parameters where the measured loss rise per parameter is least (sensitivity.allocate). Records the
+    removed fractions in `allocation`."""
+    from sqlcopilot_core.sensitivity import allocate, rise_curve
+
+    measured, minimum = allocation["sensitivity"]["layers"], _minimum_shapes(geometry, config)
+    per_channel = geometry.mlp(hidden, 1) - geometry.mlp(hidden, 0)
+    structures = []
+    for index, (heads, kv_heads, width) in enumerate(geometry.shapes):
+        if config.prune_heads:
+            full = geometry.attention(hidden, heads, kv_heads)
+            least = geometry.attention(hidden, *minimum[index][:2])
+            structures.append({"layer": index, "structure": "attention", "parameters": full,
+                               "max_fraction": 1 - least / full, "curve": rise_curve(measured[index]["attention"])})
+        if config.prune_mlp:
+            structures.append({"layer": index, "structure": "mlp", "parameters": per_channel * width,
+                               "max_fraction": 1 - 1 / width, "curve": rise_curve(measured[index]["mlp"])})
+    full_widths = sum(geometry.attention(hidden, h, k) + geometry.mlp(hidden, w) for h, k, w in geometry.shapes)
+    removed = allocate(structures, full_widths - width_budget)
+    fractions = [{"attention": 0.0, "mlp": 0.0} for _ in geometry.shapes]
+    for structure, fraction in zip(structures, removed):
+        fractions[structure["layer"]][structure["structure"]] = round(fraction, 4)
+        if structure["structure"] == "attention":
+            cutter.cut_layer_to(structure["layer"], structure["parameters"] * (1 - fraction))
+    allocation["removed_fractions"] = fractions
+    widths = [width for *_, width in geometry.shapes]
+    if not config.prune_mlp:
+        return [list(range(width)) for width in widths]
+    channels = round((width_budget - cutter.parameters() - sum(geometry.mlp(hidden, 0) for _ in widths))
+                     / per_channel)
+    counts = _distribute(channels, [w * (1 - f["mlp"]) for w, f in zip(widths, fractions)], widths)
+    return [sorted(_mlp_scores(saliency, i, w).topk(n).indices.tolist())
+            for i, (w, n) in enumerate(zip(widths, counts))]
+
+
+def _distribute(total: int, desired: list[float], caps: list[int]) -> list[int]:
+    """Whole counts in [1, cap] summing to `total` (clamped to what is possible), in proportion to `desired`."""
+    total = min(max(total, len(caps)), sum(caps))
+
+    def counts_at(scale: float) -> list[int]:
+        return [min(cap, max(1, math.floor(scale * d))) for d, cap in zip(desired, caps)]
+
+    low, high = 0.0, max(cap / max(d, 1e-9) for d, cap in zip(desired, caps)) + 1
+    for _ in range(60):  # the largest scale whose counts do not exceed the total
+        middle = (low + high) / 2
+        low, high = (middle, high) if sum(counts_at(middle)) <= total else (low, middle)
+    counts = counts_at(low)
+    by_remainder = sorted(range(len(caps)), key=lambda i: math.floor(low * desired[i]) - low * desired[i])
+    while sum(counts) < total:
+        for i in by_remainder:
+            if sum(counts) < total and counts[i] < caps[i]:
+                counts[i] += 1
+    return counts
+
+
+def _mlp_scores(saliency: dict[str, torch.Tensor], layer: int, width: int) -> torch.Tensor:
+    prefix = f"model.layers.{layer}.mlp"
+    return (_row_blocks(saliency, f"{prefix}.gate_proj", width) + _row_blocks(saliency, f"{prefix}.up_proj", width)
+            + _column_blocks(saliency, f"{prefix}.down_proj", width))
 
 
 def _check_plan(model: LlamaForCausalLM, plan: PrunePlan) -> None:
@@ -607,11 +759,13 @@ def check_shapes(model: LlamaForCausalLM) -> None:
         raise PruneError("pruned model is inconsistent: " + "; ".join(problems[:12]))
 
 
-def prune_model(model: LlamaForCausalLM, config: PruneConfig, calibration: Calibration | None = None) -> dict:
-    """Prune `model` in place to ~ratio of its parameters; returns a report (counts, ratio, shapes, seconds)."""
+def prune_model(model: LlamaForCausalLM, config: PruneConfig, calibration: Calibration | None = None,
+                sensitivity_batches: Sequence | None = None, sensitivity: dict | None = None) -> dict:
+    """Prune `model` in place to ~ratio of its parameters; returns a report (counts, ratio, shapes, seconds, and
+    with allocation 'sensitivity' the measured sensitivity and each layer's removed fractions)."""
     started = time.perf_counter()
     original, original_hidden = count_parameters(model), model.model.embed_tokens.embedding_dim
-    plan = plan_pruning(model, config, calibration)
+    plan = plan_pruning(model, config, calibration, sensitivity_batches, sensitivity)
     surgery_started = time.perf_counter()
     apply_plan(model, plan)
     kept = count_parameters(model)
@@ -619,7 +773,8 @@ def prune_model(model: LlamaForCausalLM, config: PruneConfig, calibration: Calib
         raise PruneError(f"pruned model has {kept} parameters, the plan promised {plan.planned_parameters}")
     with torch.no_grad():
         model.eval()(input_ids=torch.zeros((1, 2), dtype=torch.long), use_cache=False)
-    return {"ratio": config.ratio, "criterion": config.criterion, "original_parameters": original,
+    return {"ratio": config.ratio, "criterion": config.criterion, "allocation": config.allocation,
+            **plan.allocation, "original_parameters": original,
             "target_parameters": plan.target_parameters, "kept_parameters": kept,
             "achieved_ratio": kept / original, "original_hidden_size": original_hidden,
             "hidden_size": model.config.hidden_size, "layers": layer_shapes(model),
@@ -627,12 +782,119 @@ def prune_model(model: LlamaForCausalLM, config: PruneConfig, calibration: Calib
                         "total": time.perf_counter() - started}}
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Prune a model folder (or the tiny test model), print the report, try a generation, optionally save."""
+def compare_allocations(model: LlamaForCausalLM, tokenizer, train_examples: list, prompt, config: PruneConfig,
+                        holdout: int, ex_eval=None) -> dict:
+    """Prune copies of `model` to config.ratio with today's global ranking (allocation 'saliency', global_ranking)
+    and with the sensitivity allocation, both with config's criterion, and report each one's loss on `holdout`
+    train examples that neither calibration saw (and, given an EvalConfig `ex_eval`, its execution accuracy);
+    before any distillation. `holdout_used`/`calibration_used`: examples that fit sensitivity_max_seq_len."""
+    import copy
+    import tempfile
+
+    from sqlcopilot_core.sensitivity import calibration_loss, packed_batches
+
+    shuffled = random.Random(config.seed).sample(list(train_examples), len(train_examples))
+    if holdout < 1 or holdout >= len(shuffled):
+        raise PruneError(f"compare: --holdout {holdout} must be between 1 and {len(shuffled) - 1} (train examples)")
+    held, pool = shuffled[:holdout], shuffled[holdout:]
+    held_batches = packed_batches(held, tokenizer, prompt, holdout, config.seed, config.calibration_batch_size,
+                                  config.sensitivity_max_seq_len, what="held-out")
+    calibration_batches = packed_batches(pool, tokenizer, prompt, config.sensitivity_examples, config.seed,
+                                         config.calibration_batch_size, config.sensitivity_max_seq_len,
+                                         per_database=config.sensitivity_per_database)
+    calibration = None
+    if config.criterion == "taylor":
+        calibration = make_calibration_batches(example_sequences(pool[:config.calibration_batches
+                                                                     * config.calibration_batch_size],
+                                                                 tokenizer, prompt), config, tokenizer.pad_token_id)
+    result = {"ratio": config.ratio, "criterion": config.criterion, "holdout": len(held),
+              "holdout_used": sum(len(batch.examples) for batch in held_batches),
+              "calibration_used": sum(len(batch.examples) for batch in calibration_batches),
+              "unpruned": {"holdout_loss": calibration_loss(model, held_batches)}}
+    variants = {"global": replace(config, allocation="saliency", global_ranking=True),
+                "sensitivity": replace(config, allocation="sensitivity")}
+    measured = None
+    for name, variant in variants.items():
+        pruned = copy.deepcopy(model)
+        report = prune_model(pruned, variant, calibration, calibration_batches, sensitivity=measured)
+        measured = report.get("sensitivity", measured)
+        row = {"holdout_loss": calibration_loss(pruned, held_batches), "achieved_ratio": report["achieved_ratio"],
+               "layers": report["layers"], "hidden_size": report["hidden_size"]}
+        if "removed_fractions" in report:
+            row.update(removed_fractions=report["removed_fractions"], sensitivity=report["sensitivity"])
+        if ex_eval is not None:
+            row["ex"] = _ex(pruned, tokenizer, prompt, ex_eval, tempfile)
+        result[name] = row
+    result["holdout_loss_change"] = result["sensitivity"]["holdout_loss"] - result["global"]["holdout_loss"]
+    return result
+
+
+def _ex(model, tokenizer, prompt, evaluation, tempfile) -> float:
+    """Execution accuracy of `model` under the EvalConfig `evaluation` (the scorer every stage uses)."""
+    from sqlcopilot_core.modeling import save_model
+    from sqlcopilot_core.prompting import write_prompt_settings
+    from sqlcopilot_core.stages.evaluate import score
+
+    with tempfile.TemporaryDirectory(prefix="prune-compare-") as folder:
+        save_model(model, tokenizer, Path(folder) / "model")
+        write_prompt_settings(Path(folder) / "model", prompt)
+        return score(Path(folder) / "model", Path(folder) / "score", evaluation)["ex"]
+
+
+def example_sequences(examples: list, tokenizer, prompt) -> list[list[int]]:
+    """Prompt + gold SQL token ids of Spider examples, the last CALIBRATION_TOKENS of each."""
+    from sqlcopilot_core.packing import target_ids
+    from sqlcopilot_core.prompting import Prompter
+
+    prompter = Prompter(prompt, tokenizer)
+    return [(prompter.ids(e.db_path, e.question) + target_ids(tokenizer, e.query))[-CALIBRATION_TOKENS:]
+            for e in examples]
+
+
+def compare_main(argv: list[str]) -> None:
+    """`compare`: global ranking vs sensitivity allocation at one ratio, held-out loss (and ex), as JSON."""
     import json
+
+    from sqlcopilot_core.config import config_from_dict, parse_key_values
+    from sqlcopilot_core.modeling import load_model
+    from sqlcopilot_core.prompting import model_prompt_settings
+    from sqlcopilot_core.scoring import EvalConfig
+    from sqlcopilot_core.spider import load_split
+
+    parser = argparse.ArgumentParser(prog="python -m sqlcopilot_core.prune compare",
+                                     description=compare_allocations.__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="fine-tuned model folder (e.g. a finetune artifact)")
+    parser.add_argument("--spider-dir", required=True, help="Spider-format folder (train_spider.json, database/)")
+    parser.add_argument("--ratio", type=float, default=0.5)
+    parser.add_argument("--holdout", type=int, default=200, help="train examples held out for the loss")
+    parser.add_argument("--ex", type=int, default=0, metavar="N", help="also score ex on the first N dev examples")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="PruneConfig settings (default criterion=taylor), e.g. sensitivity_examples=256")
+    parser.add_argument("--out", help="also write the JSON here")
+    args = parser.parse_args(argv)
+    config = config_from_dict(PruneConfig, {"criterion": "taylor", **parse_key_values(args.set),
+                                            "ratio": args.ratio}, "prune")
+    model, tokenizer = load_model(args.model)
+    evaluation = EvalConfig(spider_dir=args.spider_dir, limit=args.ex) if args.ex else None
+    result = compare_allocations(model, tokenizer, load_split(args.spider_dir, "train"),
+                                 model_prompt_settings(args.model), config, args.holdout, evaluation)
+    text = json.dumps(result, indent=1)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Prune a model folder (or the tiny test model), print the report, try a generation, optionally save;
+    `compare ...` runs compare_main."""
+    import json
+    import sys
 
     from sqlcopilot_core.modeling import load_model, save_model, tiny_model_and_tokenizer
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["compare"]:
+        return compare_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="model folder (default: the random tiny model)")
     parser.add_argument("--ratio", type=float, default=0.5)

@@ -92,18 +92,26 @@ def log_version_source(run_id: str, artifact: Artifact, stage_keys: dict[str, st
     return f"runs:/{run_id}/{SOURCE_PATH}"
 
 
+def shipping_tags(decision: dict[str, Any]) -> dict[str, str]:
+    """Which model a version holds and why (the build stage's ship_decision), as version tags."""
+    return {"shipped": str(decision["shipped"]), "shipped_reason": str(decision["reason"]),
+            "retention": str(round(float(decision["retention"]), 6)),
+            "retention_floor": str(decision["retention_floor"])}
+
+
 def register_artifact(artifact: Artifact, stage_keys: dict[str, str], scores: dict[str, Any],
-                      name: str = MODEL_NAME, run_id: str | None = None):
+                      name: str = MODEL_NAME, run_id: str | None = None, extra_tags: dict[str, str] | None = None):
     """Register `artifact` as a new version of `name` (aliased candidate; champion when should_promote).
 
     The version's source is logged into `run_id` (the flow's MLflow run) or, without one, a run of its own.
-    An artifact already registered with the same scores (a rebuild that was all cache hits) keeps its version, which
+    `extra_tags` (e.g. shipping_tags) are added to the version's tags. An artifact already registered with the same
+    scores (a rebuild that was all cache hits) keeps its version, which
     becomes the candidate again. Returns the ModelVersion with its aliases.
     """
     if "ex" not in scores:
         raise RegistryError(f"register_artifact({artifact.path}): scores need 'ex', got {sorted(scores)}")
     mlflow_client = tracking.client()
-    tags = version_tags(artifact, stage_keys, scores)
+    tags = {**version_tags(artifact, stage_keys, scores), **(extra_tags or {})}
     same = registered_version(name, tags)
     if same is not None:
         return set_aliases(name, same.version, float(scores["ex"]))

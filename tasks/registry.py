@@ -23,14 +23,16 @@ from tasks import logger
 
 @task(name="register_model", cache_policy=NO_CACHE)
 def register_model(final_artifact: Artifact, stage_keys: dict[str, str], parent_run_id: str | None = None,
-                   model_name: str = registry.MODEL_NAME) -> dict[str, Any]:
-    """Register the final artifact with its scores; aliased candidate, and champion when at least as good."""
+                   model_name: str = registry.MODEL_NAME, shipped: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Register the final artifact with its scores (and, given the build's `shipped` decision, which model it holds
+    and why); aliased candidate, and champion when at least as good."""
     scores = registry.artifact_scores(final_artifact, parent_run_id)
-    version = registry.register_artifact(final_artifact, stage_keys, scores, model_name, parent_run_id)
+    version = registry.register_artifact(final_artifact, stage_keys, scores, model_name, parent_run_id,
+                                         registry.shipping_tags(shipped) if shipped else None)
     logger().info(f"registered {model_name} version {version.version} ({final_artifact.stage} "
                   f"{final_artifact.key}, ex={scores['ex']}) aliases={sorted(version.aliases)}")
     return {"model_name": model_name, "version": version.version, "aliases": sorted(version.aliases),
-            "ex": scores["ex"], "artifact": str(final_artifact.path)}
+            "ex": scores["ex"], "artifact": str(final_artifact.path), "tags": dict(version.tags)}
 
 
 @task(name="resolve_registered_model", cache_policy=NO_CACHE)

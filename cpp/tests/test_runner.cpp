@@ -232,6 +232,41 @@ void generation_tests(const fs::path& export_dir, const fs::path& cases_file) {
       }
     }
   });
+  run("one beam gives the greedy tokens, end-of-text left out", [&] {
+    for (const Json& item : cases.as_array()) {
+      const auto prompt = ints(item.at("input_ids"));
+      auto greedy = runner.generate(prompt, 12).output_ids;
+      if (!greedy.empty() && greedy.back() == runner.manifest().eos_token_id) greedy.pop_back();
+      const auto beams = runner.beams(prompt, 1, 12).beams;
+      check(beams.size() == 1 && beams[0].tokens == greedy, "one beam");
+    }
+  });
+  run("beams come best first, at most num_beams of them", [&] {
+    const auto found = runner.beams(ints(cases.as_array().front().at("input_ids")), 4, 12);
+    check(found.beams.size() == 4 && found.steps >= 1, "four beams");
+    for (size_t i = 1; i < found.beams.size(); ++i)
+      check(found.beams[i - 1].normalized() >= found.beams[i].normalized(), "order");
+  });
+  run("a reused prefix gives the tokens of a full prefill", [&] {
+    const auto prompt = ints(cases.as_array().back().at("input_ids"));
+    sqlcopilot::DecodeOptions options;
+    options.prefix_len = static_cast<int64_t>(prompt.size()) / 2;
+    const auto full = runner.generate(prompt, 12).output_ids;
+    const auto first = runner.generate(prompt, 12, false, options);
+    const auto again = runner.generate(prompt, 12, false, options);
+    check(!first.prefix_reused && again.prefix_reused, "second request reuses the prefix");
+    check(first.output_ids == full && again.output_ids == full, "same tokens");
+  });
+  run("bad beam counts are refused", [&] {
+    for (int64_t count : {0, 17}) {
+      try {
+        runner.beams({1, 2, 3}, count, 4);
+        throw std::runtime_error("accepted num_beams " + std::to_string(count));
+      } catch (const std::invalid_argument& error) {
+        check(contains(error.what(), "num_beams"), error.what());
+      }
+    }
+  });
   run("first logits are returned on request", [&] {
     auto generation = runner.generate(ints(cases.as_array().front().at("input_ids")), 2, true);
     check(static_cast<int64_t>(generation.first_logits.size()) == runner.manifest().vocab_size, "one per token");

@@ -227,3 +227,78 @@ def test_command_line_help(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0 and "teacher_dir" in capsys.readouterr().out
+
+
+# ---- the final gold-SQL cross-entropy phase, and projections only where the widths differ ----
+
+def test_final_gold_phase_trains_on_cross_entropy_alone(pair, pet_examples, tmp_path):
+    teacher, student, tokenizer = fresh(pair)
+    metrics = []
+    config = DistillConfig(**{**FAST, "schedule": "all", "final_ce_fraction": 0.5, "batch_size": 1,
+                              "max_steps": 8})
+    stats = distill(student, teacher, tokenizer, pet_examples[:1], config, tmp_path / "out",
+                    on_metrics=lambda step, m: metrics.append(m))
+    assert [p["name"] for p in stats["schedule"]] == ["all", "gold"] and stats["final_phase"] == "gold"
+    assert [m["phase"] for m in metrics] == [0] * 4 + [1] * 4
+    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in metrics)
+    assert all(m["loss"] == pytest.approx(m["ce"], rel=1e-5) for m in metrics[4:])  # CE alone, weight 1
+    first = metrics[0]  # the distillation phase still has every term
+    assert first["loss"] == pytest.approx(first["kl"] + first["hidden_active"] + 0.5 * first["ce"], rel=1e-5)
+    assert metrics[-1]["ce"] < metrics[4]["ce"]
+
+
+def test_gold_phase_follows_the_final_phase_and_must_leave_it_steps():
+    config = DistillConfig(schedule="layerwise", steps_per_layer=3, final_ce_fraction=0.25)
+    schedule = distill_schedule(config, 2, total_steps=10)
+    assert [phase_at(schedule, step).name for step in range(10)] == (["layer 0"] * 3 + ["layer 1"] * 3
+                                                                     + ["final"] * 2 + ["gold"] * 2)
+    assert distill_schedule(dataclasses.replace(config, final_ce_fraction=0.01), 2, 10)[-1].start_step == 9
+    assert [p.name for p in distill_schedule(config, 2)] == ["layer 0", "layer 1", "final"]  # no total: no gold
+    with pytest.raises(ValueError, match="final_ce_fraction 0.5: its 4 gold step"):
+        distill_schedule(dataclasses.replace(config, final_ce_fraction=0.5), 2, 8)
+    with pytest.raises(ConfigError, match="final_ce_fraction must be in"):
+        DistillConfig(final_ce_fraction=1.0)
+
+
+def test_killed_run_resumes_inside_the_gold_phase(pair, pet_examples, tmp_path):
+    config = DistillConfig(**{**FAST, "learning_rate": 1e-3, "schedule": "all", "final_ce_fraction": 0.5,
+                              "max_steps": 6, "checkpoint_every": 4})
+    teacher, student, tokenizer = fresh(pair)
+    distill(student, teacher, tokenizer, pet_examples[:3], config, tmp_path / "straight", tmp_path / "ckpt_straight")
+
+    def kill_at_step_5(step, metrics):
+        if step == 5:
+            raise KeyboardInterrupt("simulated kill")
+
+    teacher, student, tokenizer = fresh(pair)
+    with pytest.raises(KeyboardInterrupt):
+        distill(student, teacher, tokenizer, pet_examples[:3], config, tmp_path / "killed", tmp_path / "ckpt",
+                on_metrics=kill_at_step_5)
+    teacher, student, tokenizer = fresh(pair)
+    phases = []
+    resumed = distill(student, teacher, tokenizer, pet_examples[:3], config, tmp_path / "killed", tmp_path / "ckpt",
+                      on_metrics=lambda step, m: phases.append((step, m["phase"])))
+    assert resumed["resumed_from_step"] == 4 and phases == [(5, 1), (6, 1)]
+    a, _ = load_model(tmp_path / "straight")
+    b, _ = load_model(tmp_path / "killed")
+    for name, value in a.state_dict().items():
+        torch.testing.assert_close(b.state_dict()[name], value)
+
+
+def test_projections_exist_only_when_the_hidden_width_was_pruned(pair, pet_examples, tmp_path):
+    teacher, _, tokenizer = fresh(pair)
+    same_width = copy.deepcopy(teacher)
+    prune_model(same_width, PruneConfig(ratio=0.6))
+    assert same_width.config.hidden_size == teacher.config.hidden_size
+    config = DistillConfig(**{**FAST, "schedule": "all", "max_steps": 2, "checkpoint_every": 2})
+    stats = distill(same_width, teacher, tokenizer, pet_examples[:2], config, tmp_path / "same", tmp_path / "ckpt")
+    assert stats["mapping"]["projection"] == "identity"
+    saved = load_file(tmp_path / "ckpt" / "step-00000002" / "trainable.safetensors")
+    assert not [name for name in saved if name.startswith("projections.")]
+    assert stats["final_loss"] == stats["final_loss"]  # finite, not NaN
+
+    teacher, narrower, tokenizer = fresh(pair)
+    stats = distill(narrower, teacher, tokenizer, pet_examples[:2], config, tmp_path / "narrow", tmp_path / "ckpt2")
+    assert stats["mapping"]["projection"] == "linear"
+    saved = load_file(tmp_path / "ckpt2" / "step-00000002" / "trainable.safetensors")
+    assert {"projections.0.weight", "projections.1.weight"} <= set(saved)

@@ -185,3 +185,153 @@ def test_calibration_batches_are_padded_and_masked():
     assert len(batches) == 2 and all(b["input_ids"].shape[0] == 2 for b in batches)
     for batch in batches:
         assert ((batch["labels"] == -100) == (batch["attention_mask"] == 0)).all()
+
+
+# ---- allocation by measured sensitivity ----
+
+@pytest.fixture(scope="module")
+def sample_spider(tmp_path_factory):
+    from sqlcopilot_core.sample import build_sample_spider
+
+    return build_sample_spider(tmp_path_factory.mktemp("spider") / "sample")
+
+
+@pytest.fixture(scope="module")
+def packed(sample_spider):
+    """A handful of packed Spider train examples (the profile's sensitivity_examples stands for a few hundred)."""
+    from sqlcopilot_core.prompting import PromptSettings
+    from sqlcopilot_core.sensitivity import packed_batches
+    from sqlcopilot_core.spider import load_split
+
+    _, tokenizer = tiny_model_and_tokenizer()
+    return packed_batches(load_split(sample_spider, "train"), tokenizer, PromptSettings(max_schema_tokens=256), 4,
+                          0, 4, 512)
+
+
+def test_config_rejects_bad_sensitivity_settings():
+    for bad, field in (({"allocation": "random"}, "allocation"), ({"sensitivity_fractions": (0.5, 1.0)},
+                                                                   "sensitivity_fractions"),
+                       ({"sensitivity_fractions": ()}, "sensitivity_fractions"),
+                       ({"sensitivity_examples": 0}, "sensitivity_examples")):
+        with pytest.raises(ConfigError, match=f"PruneConfig.{field}"):
+            PruneConfig(**bad)
+
+
+def test_sensitivity_needs_packed_batches():
+    model, _ = tiny_model_and_tokenizer()
+    with pytest.raises(PruneError, match="allocation 'sensitivity' needs packed calibration batches"):
+        plan_pruning(model, PruneConfig(ratio=0.5, allocation="sensitivity"))
+
+
+def test_sensitivity_is_one_finite_figure_per_layer_and_structure_and_the_widths_hit_the_ratio(packed):
+    import math
+
+    from sqlcopilot_core.sensitivity import summary_by_layer
+
+    model, _ = tiny_model_and_tokenizer(seed=0)
+    config = PruneConfig(ratio=0.3, allocation="sensitivity", prune_hidden=True, sensitivity_fractions=(0.25, 0.5))
+    report = prune_model(model, config, sensitivity_batches=packed)
+    measured = report["sensitivity"]
+    assert math.isfinite(measured["base_loss"]) and len(measured["layers"]) == 2
+    for layer in measured["layers"]:
+        assert set(layer) == {"attention", "mlp"}
+        assert layer["attention"] == {0.5: pytest.approx(layer["attention"][0.5])}  # 1 of 2 groups, rounded once
+        assert set(layer["mlp"]) == {0.25, 0.5}
+        assert all(math.isfinite(rise) for figures in layer.values() for rise in figures.values())
+    assert set(measured["hidden"]) == {0.25, 0.5} and all(map(math.isfinite, measured["hidden"].values()))
+    assert abs(report["achieved_ratio"] - 0.3) <= 0.02
+    assert_gqa_consistent(model)
+    assert report["allocation"] == "sensitivity" and len(report["removed_fractions"]) == 2
+    assert [set(row) for row in summary_by_layer(report)] == [
+        {"sensitivity_attention", "sensitivity_mlp", "removed_attention", "removed_mlp"}] * 2
+    model.eval()(input_ids=torch.zeros((1, 3), dtype=torch.long), use_cache=False)
+
+
+@pytest.mark.parametrize("ratio, prune_hidden", [(0.5, False), (0.3, False), (0.12, True)])
+def test_sensitivity_widths_are_valid_gqa_shapes_at_every_ratio(packed, ratio, prune_hidden):
+    model, _ = tiny_model_and_tokenizer(seed=1)
+    config = PruneConfig(ratio=ratio, allocation="sensitivity", prune_hidden=prune_hidden,
+                         sensitivity_fractions=(0.5,))
+    report = prune_model(model, config, sensitivity_batches=packed)
+    assert abs(report["achieved_ratio"] - ratio) <= 0.02
+    check_shapes(model)
+
+
+@pytest.mark.parametrize("trained_layer", [0, 1])
+def test_the_layer_whose_removal_hurts_more_keeps_more(packed, trained_layer):
+    """Only one layer's MLP is trained (the other stays random, so removing it costs nothing): the sensitivity
+    allocation keeps more of the trained layer's MLP channels than of the other's."""
+    from sqlcopilot_core.packing import per_branch_loss
+
+    model, _ = tiny_model_and_tokenizer(seed=0)
+    model.requires_grad_(False)
+    mlp = model.model.layers[trained_layer].mlp.requires_grad_(True)
+    optimizer = torch.optim.Adam(mlp.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(15):
+        loss = per_branch_loss(model, packed[0]).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    report = prune_model(model, PruneConfig(ratio=0.5, allocation="sensitivity", sensitivity_fractions=(0.5,)),
+                         sensitivity_batches=packed)
+    rises = [layer["mlp"][0.5] for layer in report["sensitivity"]["layers"]]
+    assert rises[trained_layer] > rises[1 - trained_layer]
+    widths = [shape["intermediate_size"] for shape in report["layers"]]
+    assert widths[trained_layer] > widths[1 - trained_layer], widths
+    check_shapes(model)
+
+
+def test_compare_reports_held_out_loss_of_global_and_sensitivity_allocation(tmp_path, sample_spider, capsys):
+    import json
+    import math
+
+    from sqlcopilot_core.prompting import PromptSettings, write_prompt_settings
+    from sqlcopilot_core.prune import main
+
+    model, tokenizer = tiny_model_and_tokenizer(seed=0)
+    save_model(model, tokenizer, tmp_path / "model")
+    write_prompt_settings(tmp_path / "model", PromptSettings(max_schema_tokens=256))
+    main(["compare", "--model", str(tmp_path / "model"), "--spider-dir", str(sample_spider), "--ratio", "0.5",
+          "--holdout", "4", "--ex", "2", "--out", str(tmp_path / "compare.json"),
+          "--set", "sensitivity_examples=4", "sensitivity_fractions=[0.5]", "sensitivity_max_seq_len=768",
+          "calibration_batches=2"])
+    printed = capsys.readouterr().out
+    result = json.loads((tmp_path / "compare.json").read_text())
+    assert printed.rstrip().endswith(json.dumps(result, indent=1))
+    assert result["criterion"] == "taylor" and result["holdout"] == 4 and 1 <= result["holdout_used"] <= 4
+    for name in ("global", "sensitivity"):
+        assert math.isfinite(result[name]["holdout_loss"]) and abs(result[name]["achieved_ratio"] - 0.5) <= 0.02
+        assert 0 <= result[name]["ex"] <= 1
+    assert "removed_fractions" in result["sensitivity"] and "removed_fractions" not in result["global"]
+    assert math.isfinite(result["unpruned"]["holdout_loss"])
+
+
+def test_rerunning_the_layers_above_a_recorded_input_gives_the_whole_pass_loss(packed):
+    from sqlcopilot_core.packing import per_branch_loss
+    from sqlcopilot_core.sensitivity import LayerInputs, branch_losses_from
+
+    model, _ = tiny_model_and_tokenizer(seed=0)
+    with torch.no_grad():
+        with LayerInputs(model) as inputs:
+            whole = per_branch_loss(model, packed[0])
+        for start in (0, 1):
+            torch.testing.assert_close(branch_losses_from(model, packed[0], inputs, start), whole)
+
+
+def test_sensitivity_examples_can_come_grouped_by_database(sample_spider):
+    from collections import Counter
+
+    from sqlcopilot_core.prompting import PromptSettings
+    from sqlcopilot_core.sensitivity import packed_batches
+    from sqlcopilot_core.spider import load_split
+
+    _, tokenizer = tiny_model_and_tokenizer()
+    examples = load_split(sample_spider, "train")
+    grouped = packed_batches(examples, tokenizer, PromptSettings(max_schema_tokens=256), 6, 0, 8, 768,
+                             per_database=3)
+    databases = Counter(e.example.db_id for batch in grouped for e in batch.examples)
+    assert sum(databases.values()) <= 6 and max(databases.values()) <= 3 and len(databases) <= 2
+    spread = packed_batches(examples, tokenizer, PromptSettings(max_schema_tokens=256), 6, 0, 8, 768)
+    assert sum(b.n_tokens() for b in grouped) < sum(b.n_tokens() for b in spread)

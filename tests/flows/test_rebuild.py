@@ -50,6 +50,34 @@ def test_second_run_is_all_cache_hits_and_one_setting_reruns_one_stage(work_home
         "download_base": "true", **{s: "false" for s in stages[1:]}}
 
 
+def test_the_build_ships_the_student_only_when_it_keeps_the_retention_floor(work_home, prefect_harness):
+    """A floor above 1 cannot be met (retention is at most 1 when the teacher scores 0, as the random tiny model
+    does): the teacher is exported, built and registered; a floor of 0 ships the student."""
+    from flows.rebuild import full_rebuild
+
+    below = full_rebuild(profile="smoke", overrides=["build.retention_floor=1.01"])
+    decision = below["shipped"]
+    assert decision["shipped"] == "teacher" and decision["retention_floor"] == 1.01
+    assert decision["retention"] < 1.01 and "below the floor 1.01" in decision["reason"]
+    exported = load_artifact(below["artifacts"]["export"])
+    assert exported.manifest["upstream"] == {"finetune": below["keys"]["finetune"]}
+    registered = below["registered"]["tags"]
+    assert registered["shipped"] == "teacher" and registered["retention_floor"] == "1.01"
+    assert registered["shipped_reason"] == decision["reason"]
+    flow_run = tracking.client().get_run(below["mlflow_run_id"])
+    assert flow_run.data.tags["shipped"] == "teacher" and flow_run.data.tags["shipped_reason"] == decision["reason"]
+    assert flow_run.data.metrics["retention_floor"] == 1.01 and "retention" in flow_run.data.metrics
+    runs = stage_runs(below["mlflow_run_id"])
+    assert runs["build"].data.metrics["ex"] == runs["finetune"].data.metrics["ex"]
+
+    met = full_rebuild(profile="smoke", overrides=["build.retention_floor=0"])
+    assert met["shipped"]["shipped"] == "student" and "meets the floor 0" in met["shipped"]["reason"]
+    assert load_artifact(met["artifacts"]["export"]).manifest["upstream"] == {"distill": met["keys"]["distill"]}
+    assert met["registered"]["tags"]["shipped"] == "student"
+    assert met["keys"]["distill"] == below["keys"]["distill"]  # the decision changes what is built, not the student
+    assert tracking.client().get_run(met["mlflow_run_id"]).data.tags["shipped"] == "student"
+
+
 def test_an_edited_gold_query_reruns_finetune_and_everything_after_it(work_home, prefect_harness, tmp_path):
     import json
 
