@@ -148,7 +148,7 @@ std::shared_ptr<SchemaConstraint> Runner::constraint(const Json& spec) {
     const auto texts = manifest_.dir / "token_texts.json";
     if (!std::filesystem::is_regular_file(texts))
       throw std::invalid_argument(texts.string() + ": not found; the schema constraint needs each token's text, "
-                                  "which exports before format 3 with the constraint lack" + std::string(kRerun));
+                                  "which exports made before the C++ constraint lack" + std::string(kRerun));
     try {
       constraints_ = std::make_unique<SchemaConstraintCache>(ConstraintVocabulary::load(manifest_.dir));
     } catch (const std::exception& error) {
