@@ -96,8 +96,9 @@ class CppRunner:
               stop_ids: Iterable[int] = (), stop_at_statement_end: bool = False,
               stop_at_eos: bool = True, constraint: dict | None = None) -> tuple[list[Candidate], dict]:
         """Beam candidates after one prompt, best first (sqlcopilot_core.beams' rule), with timings {prefill_ms,
-        decode_ms, steps, new_tokens (steps + 1), decode, prefix_reused}; the other arguments as for `generate`. A schema `constraint` is
-        sent along; a runner that cannot apply it refuses the request (it never decodes unconstrained instead)."""
+        decode_ms, steps, new_tokens (steps + 1), decode, prefix_reused}; the other arguments as for `generate`. A schema `constraint`
+        (sqlconstraint.constraint_spec) is applied by the runner as beams.beam_search applies SchemaConstraint; a
+        runner that cannot apply it refuses the request (it never decodes unconstrained instead)."""
         request = {"input_ids": list(map(int, ids)), "num_beams": num_beams, "max_new_tokens": max_new_tokens,
                    "stop_at_eos": stop_at_eos, **self._decode_fields(prefix_len, stop_ids, stop_at_statement_end)}
         if constraint is not None:

@@ -260,12 +260,13 @@ def greedy_generate(decoder, input_ids: Tensor, max_new_tokens: int, eos_token_i
 
 
 def beam_generate(decoder, input_ids: Tensor, num_beams: int, max_new_tokens: int, eos_token_id: int = -1,
-                  stop_ids: frozenset[int] = frozenset(), prefix_len: int = 0) -> list:
+                  stop_ids: frozenset[int] = frozenset(), prefix_len: int = 0, constraint=None) -> list:
     """Beam candidates (sqlcopilot_core.beams.Candidate, best first) after input_ids [1, T] by a Decoder or its
     TorchScript module, the way the C++ runner decodes them: the prompt's cache is computed once and shared, each
     beam keeps its generated tokens' keys and values in its row of the beam caches, reordered by parent each step,
     and one `decode_beams` call advances all beams. `prefix_len` > 0 prefills input_ids[:prefix_len] first and the
-    rest on top (as the runner does with a cached prefix). A full cache ends decoding as the token limit does."""
+    rest on top (as the runner does with a cached prefix). A full cache ends decoding as the token limit does.
+    `constraint`: a sqlconstraint.SchemaConstraint applied as beams.beam_search applies it."""
     from sqlcopilot_core.beams import beam_search
 
     prompt_len = input_ids.size(1)
@@ -287,7 +288,7 @@ def beam_generate(decoder, input_ids: Tensor, num_beams: int, max_new_tokens: in
         return logits
 
     return beam_search(first, step, num_beams, limit, eos_token_id if eos_token_id >= 0 else None,
-                       frozenset(stop_ids))
+                       frozenset(stop_ids), constraint)
 
 
 def reorder_beam_caches(beam_caches: list[Tensor], parents: list[int], length: int) -> None:

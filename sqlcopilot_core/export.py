@@ -32,6 +32,7 @@ MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
                    "tokenizer.model", "added_tokens.json", "chat_template.jinja",
                    "prompt.json")  # prompt.json: the prompt settings the model was trained with (prompting.py)
+TOKEN_TEXTS_FILE = "token_texts.json"  # each token id's text (sqlconstraint.token_texts), for the C++ schema constraint
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # bfloat16: transformers' own cached decoding differs from its full forward pass by up to ~1.2 on SmolLM2-135M.
 DEFAULT_LOGIT_TOLERANCE = {"float32": 1e-4, "bfloat16": 0.1}
@@ -81,6 +82,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, config: ExportConfi
     more than the tolerance; bfloat16 token agreement is recorded, not enforced (see `parity_check`).
     """
     from sqlcopilot_core.modeling import layer_shapes, load_model
+    from sqlcopilot_core.sqlconstraint import token_texts
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -92,6 +94,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, config: ExportConfi
     decoder = Decoder.from_hf(model, config.max_seq_len, DTYPES[config.dtype])
     torch.jit.script(decoder).save(str(out_dir / GRAPH_FILE))
     tokenizer_files = _copy_tokenizer_files(model_dir, out_dir)
+    (out_dir / TOKEN_TEXTS_FILE).write_text(json.dumps(token_texts(tokenizer)))
     exported = ExportedModel(_load_graph(out_dir / GRAPH_FILE), out_dir)
     parity = parity_check(model, exported, tokenizer, prompts[: config.parity_prompts], config, model_dir)
     manifest = {
@@ -105,6 +108,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, config: ExportConfi
         "stop_token_ids": sorted(statement_end_ids(tokenizer)),
         "tokenizer_files": tokenizer_files, "config": config_to_dict(config),
         "source_model": str(model_dir), "torch_version": torch.__version__, "parity": parity,
+        "token_texts": TOKEN_TEXTS_FILE, "special_token_ids": sorted(tokenizer.all_special_ids),  # C++ constraint
     }
     _enforce_parity(parity, config, out_dir)
     manifest["files"] = file_checksums(out_dir)
@@ -203,13 +207,15 @@ class ExportedModel:
             return greedy_generate(self, ids, max_new_tokens, self.eos_token_id, stop_ids)
 
     def beams_exported(self, input_ids: torch.Tensor | list[int], num_beams: int, max_new_tokens: int,
-                       stop_ids: frozenset[int] = frozenset(), stop_at_eos: bool = True, prefix_len: int = 0) -> list:
-        """Beam candidates (beams.Candidate, best first) after input_ids, as the C++ runner computes them."""
+                       stop_ids: frozenset[int] = frozenset(), stop_at_eos: bool = True, prefix_len: int = 0,
+                       constraint=None) -> list:
+        """Beam candidates (beams.Candidate, best first) after input_ids, as the C++ runner computes them;
+        `constraint`: a sqlconstraint.SchemaConstraint (the runner's request field "constraint")."""
         ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(1, -1)
         self._check_length(ids)
         with torch.inference_mode():
             return beam_generate(self, ids, num_beams, max_new_tokens, self.eos_token_id if stop_at_eos else -1,
-                                 stop_ids, prefix_len)
+                                 stop_ids, prefix_len, constraint)
 
     def generate_with_logits(self, input_ids: torch.Tensor, max_new_tokens: int) -> tuple[list[int], torch.Tensor]:
         """Greedy new tokens (not stopping at end-of-sequence) and the logits [n, vocab] each was chosen from."""

@@ -80,10 +80,8 @@ class SchemaConstraint:
     @classmethod
     def for_database(cls, db_path, tokenizer) -> "SchemaConstraint":
         from sqlcopilot_core.generate import statement_end_ids
-        from sqlcopilot_core.spider import read_schema
 
-        schema = read_schema(db_path)
-        tables = {t.name: [c.name for c in t.columns] for t in schema.tables}
+        tables = constraint_spec(db_path)["tables"]
         banned = frozenset(tokenizer.all_special_ids) - {tokenizer.eos_token_id}
         return cls(tables, token_texts(tokenizer), tokenizer.eos_token_id, statement_end_ids(tokenizer), banned)
 
@@ -267,6 +265,15 @@ class SchemaConstraint:
     def _contains(names: list[str], word: str) -> bool:
         at = bisect.bisect_left(names, word)
         return at < len(names) and names[at] == word
+
+
+def constraint_spec(db_path) -> dict:
+    """What the C++ runner builds its SchemaConstraint from (cpp/include/sqlcopilot/constraint.h), per request:
+    {"tables": {table: [column, ...]}}, the database's names as SchemaConstraint.for_database reads them."""
+    from sqlcopilot_core.spider import read_schema
+
+    schema = read_schema(db_path)
+    return {"tables": {t.name: [c.name for c in t.columns] for t in schema.tables}}
 
 
 def token_texts(tokenizer) -> list[str]:

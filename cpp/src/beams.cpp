@@ -1,6 +1,7 @@
 #include "sqlcopilot/beams.h"
 
 #include <algorithm>
+#include <chrono>
 #include <stdexcept>
 #include <string>
 
@@ -11,6 +12,7 @@ namespace {
 struct Live {
   std::vector<int64_t> tokens;
   double score = 0.0;
+  SchemaConstraint::State state;  // the constraint's state after these tokens (unused without one)
 };
 
 // The candidates of one step in the walk's order (score descending, flat index ascending), produced lazily: the
@@ -74,18 +76,20 @@ class Walk {
 
 BeamSearchResult beam_search(const at::Tensor& first_logits, const BeamStep& step, int64_t num_beams,
                              int64_t max_new_tokens, int64_t eos_id, const std::unordered_set<int64_t>& stop_ids,
-                             const BeamAllow& allow) {
+                             const BeamAllow& allow, SchemaConstraint* constraint) {
   if (num_beams < 1 || max_new_tokens < 1)
     throw std::invalid_argument("beam_search: num_beams (" + std::to_string(num_beams) + ") and max_new_tokens (" +
                                 std::to_string(max_new_tokens) + ") must be at least 1");
   BeamSearchResult result;
   std::vector<Hypothesis> finished;
   std::vector<Live> live{Live{}};
+  if (constraint) live[0].state = constraint->start();
   at::Tensor logprobs = first_logits.to(at::kFloat).reshape({1, -1}).log_softmax(-1);
   for (int64_t length = 1; length <= max_new_tokens; ++length) {
     const bool last = length == max_new_tokens;
     std::vector<Live> chosen;
     std::vector<int64_t> parents, tokens;
+    const auto walk_start = std::chrono::steady_clock::now();
     Walk walk(logprobs, live, num_beams);
     // At the last step every accepted candidate finishes and the walk would run through all of them; once
     // num_beams of them hold a token (not end-of-text) none after them can rank among the best num_beams (scores are
@@ -94,6 +98,12 @@ BeamSearchResult beam_search(const at::Tensor& first_logits, const BeamStep& ste
     for (int64_t flat = walk.next(); flat >= 0; flat = walk.next()) {
       const int64_t beam = flat / walk.vocab(), token = flat % walk.vocab();
       if (allow && !allow(beam, token)) continue;
+      std::optional<SchemaConstraint::State> state;
+      if (constraint) {
+        state = constraint->advance(live[beam].state, token);
+        ++result.constraint_checks;
+        if (!state) continue;
+      }
       const double score = walk.total(flat);
       const std::vector<int64_t>& so_far = live[beam].tokens;
       if (eos_id >= 0 && token == eos_id) {
@@ -103,13 +113,14 @@ BeamSearchResult beam_search(const at::Tensor& first_logits, const BeamStep& ste
         finished.back().tokens.push_back(token);
         if (last && ++last_full == num_beams) break;
       } else {
-        chosen.push_back(Live{so_far, score});
+        chosen.push_back(Live{so_far, score, state ? std::move(*state) : SchemaConstraint::State()});
         chosen.back().tokens.push_back(token);
         parents.push_back(beam);
         tokens.push_back(token);
         if (static_cast<int64_t>(chosen.size()) == num_beams) break;
       }
     }
+    result.walk_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - walk_start).count();
     if (static_cast<int64_t>(finished.size()) >= num_beams || chosen.empty()) break;
     live = std::move(chosen);
     logprobs = step(tokens, parents).to(at::kFloat).log_softmax(-1);

@@ -10,14 +10,18 @@
 //   "num_beams": N (1..16)  beam decoding; the reply holds "beams": [{"output_ids", "score", "normalized_score"}, ...]
 //                           best first, "steps" (decode steps, each advancing every live beam), "new_tokens"
 //                           (steps + 1: the tokens the longest beams decoded), "prefill_ms", "decode_ms", "decode",
-//                           "prefix_reused"
+//                           "prefix_reused", "walk_ms" (the part of decode_ms spent choosing candidates, the
+//                           constraint included) and "constraint_checks" (candidates the constraint was asked about)
 //   "prefix_len": P         input_ids[:P] is a reusable prefix (a database's schema): its cache is kept (the last
 //                           few, least recently used dropped) and a later request with the same prefix prefills only
 //                           the rest; "prefix_reused" says whether it did
 //   "stop_ids": [...]       decoding ends after one of these tokens (kept in the output)
 //   "stop_at_statement_end": true   adds the manifest's stop_token_ids (tokens holding ';' or a blank line)
 //   "stop_at_eos": false    end-of-text is an ordinary token (decodes exactly max_new_tokens: how speed is measured)
-// A request with a schema "constraint" is refused: the runner does not apply one yet (it would decode unconstrained).
+//   "constraint": {"tables": {table: [column, ...]}}   (beams only) the schema constraint of
+//                           sqlcopilot_core/sqlconstraint.py (cpp/include/sqlcopilot/constraint.h): every beam's tokens
+//                           must stay a valid SQL prefix over these names, as beams.beam_search applies it; num_beams 1
+//                           is constrained greedy decoding. The export's token_texts.json is read on the first one.
 // A bad request gets {"id":..,"error":".."} and the runner keeps serving; a model it cannot load ends it with exit
 // code 2.
 // On a machine busy with other work, run it with OMP_WAIT_POLICY=PASSIVE (or --threads 1): spinning OpenMP threads
@@ -111,6 +115,8 @@ sqlcopilot::Json beams_reply(sqlcopilot::Runner& runner, const std::vector<int64
                           {"new_tokens", Json::of_number(static_cast<double>(found.beams.empty() ? 0 : found.steps + 1))},
                           {"prefill_ms", Json::of_number(found.prefill_ms)},
                           {"decode_ms", Json::of_number(found.decode_ms)},
+                          {"walk_ms", Json::of_number(found.walk_ms)},
+                          {"constraint_checks", Json::of_number(static_cast<double>(found.constraint_checks))},
                           {"decode", Json::of_string(runner.decode_path())},
                           {"prefix_reused", Json::of_bool(found.prefix_reused)}});
 }
@@ -125,10 +131,8 @@ sqlcopilot::Json reply_for(sqlcopilot::Runner& runner, const std::string& line, 
     for (const Json& token : request.at("input_ids").as_array()) input_ids.push_back(token.as_int());
     const int64_t max_new = request.has("max_new_tokens") ? request.at("max_new_tokens").as_int()
                                                           : default_max_new_tokens;
-    const auto options = decode_options(request, runner.manifest());
-    if (request.has("constraint"))  // the schema constraint (sqlcopilot_core/sqlconstraint.py) is not ported yet
-      throw std::invalid_argument("this runner does not apply a schema constraint ('constraint'); decode constrained "
-                                  "beams in Python");
+    auto options = decode_options(request, runner.manifest());
+    if (request.has("constraint")) options.constraint = runner.constraint(request.at("constraint"));
     if (request.has("num_beams"))
       return beams_reply(runner, input_ids, request.at("num_beams").as_int(), max_new, options, id);
     const bool want_logits = request.has("return_logits") && request.at("return_logits").as_bool();

@@ -143,6 +143,27 @@ void Runner::check_prompt(const std::vector<int64_t>& input_ids, const DecodeOpt
                                 std::to_string(prompt_length) + " (the prompt's length)");
 }
 
+std::shared_ptr<SchemaConstraint> Runner::constraint(const Json& spec) {
+  if (!constraints_) {
+    const auto texts = manifest_.dir / "token_texts.json";
+    if (!std::filesystem::is_regular_file(texts))
+      throw std::invalid_argument(texts.string() + ": not found; the schema constraint needs each token's text, "
+                                  "which exports made before the C++ constraint lack" + std::string(kRerun));
+    try {
+      constraints_ = std::make_unique<SchemaConstraintCache>(ConstraintVocabulary::load(manifest_.dir));
+    } catch (const std::exception& error) {
+      throw std::invalid_argument(texts.string() + ": cannot be used for the schema constraint (" + error.what() +
+                                  ")" + kRerun);
+    }
+  }
+  try {
+    return constraints_->get(spec);
+  } catch (const JsonError& error) {
+    throw std::invalid_argument(std::string("constraint: ") + error.what() +
+                                " (expected {\"tables\": {table: [column, ...]}})");
+  }
+}
+
 void Runner::set_prefix_cache(size_t entries, int64_t max_bytes) {
   max_prefixes_ = entries;
   max_prefix_bytes_ = max_bytes;
@@ -202,6 +223,9 @@ Generation Runner::generate(const std::vector<int64_t>& input_ids, int64_t max_n
   const auto prompt_length = static_cast<int64_t>(input_ids.size());
   Generation result;
   if (max_new_tokens <= 0) return result;
+  if (options.constraint)
+    throw std::invalid_argument("a schema constraint applies to beam decoding: ask for num_beams (1: constrained "
+                                "greedy decoding)");
   const std::unordered_set<int64_t> stop(options.stop_ids.begin(), options.stop_ids.end());
 
   c10::InferenceMode inference;
@@ -281,9 +305,12 @@ BeamGeneration Runner::beams(const std::vector<int64_t>& input_ids, int64_t num_
     ++fed;
     return logits;
   };
-  auto found = beam_search(first, step, num_beams, limit, options.stop_at_eos ? manifest_.eos_token_id : -1, stop);
+  auto found = beam_search(first, step, num_beams, limit, options.stop_at_eos ? manifest_.eos_token_id : -1, stop,
+                           nullptr, options.constraint.get());
   result.beams = std::move(found.hypotheses);
   result.steps = found.steps;
+  result.walk_ms = found.walk_ms;
+  result.constraint_checks = found.constraint_checks;
   result.decode_ms = elapsed_ms(start);
   return result;
 }

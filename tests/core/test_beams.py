@@ -9,7 +9,7 @@ import torch
 from sqlcopilot_core.beams import beam_search, choose_runnable, hf_beam_generate, prefix_cache
 from sqlcopilot_core.generate import greedy_generate_ids
 from sqlcopilot_core.modeling import tiny_model_and_tokenizer
-from sqlcopilot_core.sqlconstraint import SchemaConstraint, check_gold
+from sqlcopilot_core.sqlconstraint import SchemaConstraint, check_gold, constraint_spec
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +110,11 @@ def test_constraint_rejects_names_the_database_does_not_have(pets_db, tiny):
     for token in tokenizer("SELECT name FROM pets WHERE name = 'Rex", add_special_tokens=False).input_ids:
         state = constraint.advance(state, token)
     assert state is not None and constraint.advance(state, tokenizer.eos_token_id) is None
+
+
+def test_constraint_spec_is_what_the_cpp_runner_builds_its_constraint_from(pets_db):
+    assert constraint_spec(pets_db) == {"tables": {"pets": ["id", "name", "age"],
+                                                   "owners": ["id", "pet_id", "owner_name"]}}
 
 
 def test_constrained_beams_only_write_valid_names(pets_db, tiny):

@@ -136,13 +136,14 @@ def test_exported_beams_follow_transformers_beams_and_one_beam_is_greedy(model_d
 
 def test_export_folder_holds_graph_tokenizer_and_manifest(model_dir, exported_dir):
     assert {p.name for p in exported_dir.iterdir()} == {"decoder.pt", "manifest.json", "tokenizer.json",
-                                                         "tokenizer_config.json"}
+                                                         "tokenizer_config.json", "token_texts.json"}
     manifest = read_manifest(exported_dir)
     assert manifest["format"] == "sqlcopilot-export" and manifest["format_version"] == 3
     tokenizer = tiny_tokenizer()
     assert tokenizer.convert_tokens_to_ids(";") in manifest["stop_token_ids"]
     assert all(";" in tokenizer.decode([i]) or "\n\n" in tokenizer.decode([i]) for i in manifest["stop_token_ids"])
-    assert set(manifest["files"]) == {"decoder.pt", "tokenizer.json", "tokenizer_config.json"}
+    assert set(manifest["files"]) == {"decoder.pt", "tokenizer.json", "tokenizer_config.json",
+                                        "token_texts.json"}
     assert manifest["vocab_size"] == 258 and manifest["eos_token_id"] == 256 and manifest["pad_token_id"] == 257
     assert (manifest["max_seq_len"], manifest["dtype"], manifest["hidden_size"], manifest["head_dim"]) == \
         (96, "float32", 96, 16)
@@ -161,6 +162,15 @@ def test_unknown_manifest_is_refused_naming_the_export_stage(exported_dir, tmp_p
     (copy / "manifest.json").write_text(json.dumps({**manifest, **change}))
     with pytest.raises(ExportError, match=f"{message}.*re-run the export stage"):
         load_exported(copy)
+
+
+def test_export_writes_each_token_s_text_for_the_cpp_constraint(exported_dir):
+    """token_texts.json and the special ids (banned but end-of-text): the C++ schema constraint's vocabulary."""
+    from sqlcopilot_core.sqlconstraint import token_texts
+
+    manifest = read_manifest(exported_dir)
+    assert json.loads((exported_dir / "token_texts.json").read_text()) == token_texts(tiny_tokenizer())
+    assert manifest["token_texts"] == "token_texts.json" and manifest["special_token_ids"] == [256, 257]
 
 
 def test_missing_graph_is_named(exported_dir, tmp_path):

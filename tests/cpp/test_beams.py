@@ -141,7 +141,7 @@ def test_bad_beam_requests_are_refused_and_the_runner_keeps_serving(built, tiny_
     with CppRunner(built["runner"], tiny_exports["float32"], threads=1) as runner:
         with pytest.raises(RunnerError, match="num_beams 0 is outside 1..16"):
             runner.beams([65, 66], 0, 4)
-        with pytest.raises(RunnerError, match="does not apply a schema constraint"):
+        with pytest.raises(RunnerError, match="constraint: .*expected"):  # a malformed schema constraint
             runner.beams([65, 66], 2, 4, constraint={"tables": []})
         assert runner.generate([[65, 66]], 2)[0][0]  # still serving
 

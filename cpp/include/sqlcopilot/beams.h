@@ -5,7 +5,9 @@
 //   tokens' logprobs.
 // - start: one live beam (no tokens, score 0) whose logprobs are the prompt's last position.
 // - each step: the candidates (beam i, token t, score_i + lp[i][t]) of every live beam are walked by score
-//   descending, ties by the flat index i * V + t ascending; `allow(i, t)` may reject one (skipped). An accepted
+//   descending, ties by the flat index i * V + t ascending; `allow(i, t)` may reject one (skipped), and so may the
+//   schema constraint: each live beam carries its state, a candidate whose advance(state, t) is nullopt is skipped,
+//   an accepted one's new state goes with the new beam (beams.py's `constraint`). An accepted
 //   candidate whose token is end-of-text is a finished hypothesis (end-of-text excluded); one whose token is a stop
 //   id, or that reaches max_new_tokens, is a finished hypothesis with that token; any other is a new live beam
 //   (parent i). The walk ends when num_beams new live beams are collected or the candidates run out.
@@ -20,6 +22,8 @@
 #include <functional>
 #include <unordered_set>
 #include <vector>
+
+#include "sqlcopilot/constraint.h"
 
 namespace sqlcopilot {
 
@@ -37,11 +41,15 @@ using BeamAllow = std::function<bool(int64_t beam, int64_t token)>;
 struct BeamSearchResult {
   std::vector<Hypothesis> hypotheses;  // best first
   int64_t steps = 0;                   // calls of `step`
+  double walk_ms = 0.0;                // the candidate walks (bookkeeping and constraint, not `step`)
+  int64_t constraint_checks = 0;       // advance() calls of the constraint
 };
 
-// eos_id < 0: no end-of-text token. Throws std::invalid_argument for num_beams or max_new_tokens below 1.
+// eos_id < 0: no end-of-text token. `constraint` (may be null): the schema constraint every accepted token must
+// advance (num_beams 1 with it is constrained greedy decoding). Throws std::invalid_argument for num_beams or
+// max_new_tokens below 1.
 BeamSearchResult beam_search(const at::Tensor& first_logits, const BeamStep& step, int64_t num_beams,
                              int64_t max_new_tokens, int64_t eos_id, const std::unordered_set<int64_t>& stop_ids,
-                             const BeamAllow& allow = nullptr);
+                             const BeamAllow& allow = nullptr, SchemaConstraint* constraint = nullptr);
 
 }  // namespace sqlcopilot

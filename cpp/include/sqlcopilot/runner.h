@@ -50,6 +50,8 @@ struct DecodeOptions {
   int64_t prefix_len = 0;         // input_ids[:prefix_len] is a reusable prefix: its cache is kept for the next request
   std::vector<int64_t> stop_ids;  // decoding ends after one of these tokens (kept in the output)
   bool stop_at_eos = true;        // false: end-of-text is an ordinary token (how decode speed is measured)
+  // beams only: every token must advance this schema constraint (Runner::constraint); null: unconstrained
+  std::shared_ptr<SchemaConstraint> constraint;
 };
 
 struct Generation {
@@ -66,6 +68,8 @@ struct BeamGeneration {
   double prefill_ms = 0.0;        // prompt pass
   double decode_ms = 0.0;         // every beam step and its bookkeeping
   int64_t steps = 0;              // decode steps (each advances every live beam by one token)
+  double walk_ms = 0.0;           // part of decode_ms: choosing the candidates (with the constraint, if any)
+  int64_t constraint_checks = 0;  // candidates the constraint was asked about
   bool prefix_reused = false;
 };
 
@@ -100,6 +104,11 @@ class Runner {
   BeamGeneration beams(const std::vector<int64_t>& input_ids, int64_t num_beams, int64_t max_new_tokens,
                        const DecodeOptions& options = {});
 
+  // The schema constraint of a request's spec ({"tables": {table: [column, ...]}}, sqlconstraint.constraint_spec),
+  // built once per spec (the last few kept). The first call loads the export's token texts (token_texts.json); an
+  // export without them is refused naming the file. Throws std::invalid_argument for that and for a malformed spec.
+  std::shared_ptr<SchemaConstraint> constraint(const Json& spec);
+
   // How many prefix caches are kept (least recently used dropped first) and their largest total size; 0 entries
   // keeps none.
   void set_prefix_cache(size_t entries, int64_t max_bytes);
@@ -129,6 +138,7 @@ class Runner {
   bool packed_ = false;
   std::list<Prefix> prefixes_;  // most recently used first
   size_t max_prefixes_ = 4;
+  std::unique_ptr<SchemaConstraintCache> constraints_;  // built on the first constrained request
   int64_t max_prefix_bytes_ = int64_t{1} << 30;
 };
 

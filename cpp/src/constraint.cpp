@@ -1,0 +1,635 @@
+// The schema constraint (sqlcopilot/constraint.h): sqlcopilot_core/sqlconstraint.py, function for function.
+// Python's `replace(state, ...)` becomes an in-place change of the caller's copy; `None` becomes `false`.
+#include "sqlcopilot/constraint.h"
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <utility>
+
+#include "sqlcopilot/json.h"
+
+namespace sqlcopilot {
+namespace {
+
+struct CodeRange {
+  uint32_t first, last;
+};
+struct LowerCase {
+  uint32_t cp;
+  const char* utf8;
+};
+#include "unicode_tables.h"
+
+enum CharClass : uint8_t { kAlnumChar = 1, kSpaceChar = 2, kDigitChar = 4, kDecimalChar = 8, kPunctChar = 16 };
+
+template <size_t N>
+bool in_ranges(const CodeRange (&ranges)[N], uint32_t cp) {
+  const CodeRange* end = ranges + N;
+  const CodeRange* at = std::upper_bound(ranges, end, cp, [](uint32_t c, const CodeRange& r) { return c < r.first; });
+  return at != ranges && cp <= (at - 1)->last;
+}
+
+uint8_t classify_slow(uint32_t cp) {
+  uint8_t flags = 0;
+  if (in_ranges(kAlnum, cp)) flags |= kAlnumChar;
+  if (in_ranges(kSpace, cp)) flags |= kSpaceChar;
+  if (in_ranges(kDigit, cp)) flags |= kDigitChar;
+  if (in_ranges(kDecimal, cp)) flags |= kDecimalChar;
+  return flags;
+}
+
+struct AsciiTable {
+  uint8_t flags[128];
+  AsciiTable() {
+    const std::string punctuation = ".,;()*=<>!+-/%|&~'\"`[]";  // sqlconstraint.SQL_PUNCTUATION
+    for (uint32_t c = 0; c < 128; ++c) {
+      flags[c] = classify_slow(c);
+      if (punctuation.find(static_cast<char>(c)) != std::string::npos) flags[c] |= kPunctChar;
+    }
+  }
+};
+const AsciiTable kAscii;
+
+inline uint8_t classify(uint32_t cp) { return cp < 128 ? kAscii.flags[cp] : classify_slow(cp); }
+
+// One code point of UTF-8 at p (p < end): its length in bytes. Invalid bytes are one U+FFFD each (no class, like
+// Python's replacement character); surrogates (a JSON "\ud800" alone) decode as themselves (no class either).
+inline size_t decode(const char* p, const char* end, uint32_t& cp) {
+  const auto b0 = static_cast<unsigned char>(*p);
+  if (b0 < 0x80) {
+    cp = b0;
+    return 1;
+  }
+  auto cont = [&](size_t i) {
+    return p + i < end && (static_cast<unsigned char>(p[i]) & 0xC0) == 0x80;
+  };
+  auto bits = [&](size_t i) { return static_cast<uint32_t>(static_cast<unsigned char>(p[i]) & 0x3F); };
+  if (b0 >= 0xC2 && b0 <= 0xDF && cont(1)) {
+    cp = ((b0 & 0x1Fu) << 6) | bits(1);
+    return 2;
+  }
+  if (b0 >= 0xE0 && b0 <= 0xEF && cont(1) && cont(2)) {
+    cp = ((b0 & 0x0Fu) << 12) | (bits(1) << 6) | bits(2);
+    if (cp >= 0x800) return 3;
+  }
+  if (b0 >= 0xF0 && b0 <= 0xF4 && cont(1) && cont(2) && cont(3)) {
+    cp = ((b0 & 0x07u) << 18) | (bits(1) << 12) | (bits(2) << 6) | bits(3);
+    if (cp >= 0x10000 && cp < 0x110000) return 4;
+  }
+  cp = 0xFFFD;
+  return 1;
+}
+
+inline uint32_t first_code_point(const std::string& text) {
+  uint32_t cp = 0;
+  if (!text.empty()) decode(text.data(), text.data() + text.size(), cp);
+  return cp;
+}
+
+// word[:1].isdigit()
+inline bool starts_with_digit(const std::string& word) {
+  if (word.empty()) return false;
+  const auto b0 = static_cast<unsigned char>(word[0]);
+  if (b0 < 0x80) return b0 >= '0' && b0 <= '9';
+  return classify(first_code_point(word)) & kDigitChar;
+}
+
+// Appends str.lower() of one character (`bytes`, `length`: its UTF-8) to `out`.
+inline void append_lower(std::string& out, uint32_t cp, const char* bytes, size_t length) {
+  if (cp < 128) {
+    out += static_cast<char>(cp >= 'A' && cp <= 'Z' ? cp + 32 : cp);
+    return;
+  }
+  const LowerCase* end = kLower + sizeof kLower / sizeof kLower[0];
+  const LowerCase* at = std::lower_bound(kLower, end, cp, [](const LowerCase& l, uint32_t c) { return l.cp < c; });
+  if (at != end && at->cp == cp) out += at->utf8;
+  else out.append(bytes, length);
+}
+
+std::string lower(const std::string& text) {
+  std::string out;
+  out.reserve(text.size());
+  const char* p = text.data();
+  const char* end = p + text.size();
+  while (p < end) {
+    uint32_t cp;
+    size_t n = decode(p, end, cp);
+    append_lower(out, cp, p, n);
+    p += n;
+  }
+  return out;
+}
+
+// SHORT_ALIAS.fullmatch(word): [a-z]{1,2}\d*  (\d: Unicode decimal digits, as re matches them in a str pattern)
+bool short_alias(const std::string& word) {
+  size_t letters = 0;
+  while (letters < word.size() && letters < 2 && word[letters] >= 'a' && word[letters] <= 'z') ++letters;
+  if (letters == 0) return false;
+  const char* p = word.data() + letters;
+  const char* end = word.data() + word.size();
+  while (p < end) {
+    uint32_t cp;
+    p += decode(p, end, cp);
+    if (!(classify(cp) & kDecimalChar)) return false;
+  }
+  return true;
+}
+
+bool has_prefix(const std::vector<std::string>& names, const std::string& prefix) {
+  auto at = std::lower_bound(names.begin(), names.end(), prefix);
+  return at != names.end() && at->compare(0, prefix.size(), prefix) == 0;
+}
+
+bool contains(const std::vector<std::string>& names, const std::string& word) {
+  auto at = std::lower_bound(names.begin(), names.end(), word);
+  return at != names.end() && *at == word;
+}
+
+// Clause codes (State::clauses) and keyword actions.
+enum Clause : char {
+  kNoClause = 0, kFrom = 1, kSelect, kWhere, kGroup, kOrder, kHaving, kLimit, kOn, kUnion, kIntersect, kExcept, kBy,
+  kOffset
+};
+enum Action : int { kNotKeyword = -1, kPlain = 0, kJoin = 100, kAs = 101 };  // 1..13: a Clause
+
+const char* const kKeywordText =
+    "select from where group by order having limit offset join inner left right full outer cross natural on using as "
+    "and or not in like glob regexp match between is isnull notnull null distinct all union intersect except exists "
+    "case when then else end asc desc with recursive values collate nocase binary rtrim escape cast true false "
+    "current_date current_time current_timestamp over partition rows range filter window "
+    "count sum avg min max total group_concat abs round length lower upper substr substring instr trim ltrim replace "
+    "coalesce ifnull nullif iif typeof printf format char hex unicode random date time datetime julianday strftime "
+    "unixepoch quote zeroblob likely unlikely integer int real text numeric float double varchar";
+
+const std::vector<std::pair<std::string, int>>& keyword_table() {
+  static const std::vector<std::pair<std::string, int>> table = [] {
+    const std::map<std::string, int> actions = {
+        {"from", kFrom}, {"join", kJoin}, {"as", kAs}, {"union", kUnion}, {"intersect", kIntersect},
+        {"except", kExcept}, {"select", kSelect}, {"where", kWhere}, {"group", kGroup}, {"order", kOrder},
+        {"having", kHaving}, {"limit", kLimit}, {"on", kOn}, {"by", kBy}, {"offset", kOffset}};
+    std::vector<std::pair<std::string, int>> out;
+    std::istringstream words(kKeywordText);
+    for (std::string word; words >> word;) {
+      auto action = actions.find(word);
+      out.emplace_back(word, action == actions.end() ? kPlain : action->second);
+    }
+    std::sort(out.begin(), out.end());
+    out.erase(std::unique(out.begin(), out.end()), out.end());
+    return out;
+  }();
+  return table;
+}
+
+inline int keyword_action(const std::string& word) {
+  const auto& table = keyword_table();
+  auto at = std::lower_bound(table.begin(), table.end(), word,
+                             [](const std::pair<std::string, int>& k, const std::string& w) { return k.first < w; });
+  return at != table.end() && at->first == word ? at->second : kNotKeyword;
+}
+
+inline size_t mix(size_t seed, size_t value) {
+  return seed ^ (value + 0x9e3779b97f4a7c15ULL + (seed << 6) + (seed >> 2));
+}
+
+const std::vector<SchemaConstraint::Alias> kNoAliases;
+const std::vector<std::string> kNoNames;
+
+std::shared_ptr<const SchemaConstraint::Scope> make_scope(std::vector<SchemaConstraint::Alias> aliases,
+                                                          std::vector<std::string> names) {
+  if (aliases.empty() && names.empty()) return nullptr;
+  auto scope = std::make_shared<SchemaConstraint::Scope>();
+  size_t hash = mix(aliases.size(), names.size());
+  std::hash<std::string> text_hash;
+  for (const auto& a : aliases) hash = mix(mix(mix(hash, static_cast<size_t>(a.depth)), text_hash(a.name)),
+                                           static_cast<size_t>(a.table + 1));
+  for (const auto& n : names) hash = mix(hash, text_hash(n));
+  scope->aliases = std::move(aliases);
+  scope->names = std::move(names);
+  scope->hash = hash;
+  return scope;
+}
+
+void add_alias(SchemaConstraint::State& s, SchemaConstraint::Alias alias) {
+  std::vector<SchemaConstraint::Alias> aliases = s.aliases();
+  aliases.push_back(std::move(alias));
+  s.scope = make_scope(std::move(aliases), s.names());
+}
+
+void add_name(SchemaConstraint::State& s, std::string name) {
+  std::vector<std::string> names = s.names();
+  names.push_back(std::move(name));
+  s.scope = make_scope(s.aliases(), std::move(names));
+}
+
+// aliases = tuple(a for a in state.aliases if a[0] < state.depth)
+void drop_inner_aliases(SchemaConstraint::State& s) {
+  const auto& aliases = s.aliases();
+  if (std::none_of(aliases.begin(), aliases.end(), [&](const auto& a) { return a.depth >= s.depth; })) return;
+  std::vector<SchemaConstraint::Alias> kept;
+  for (const auto& a : aliases)
+    if (a.depth < s.depth) kept.push_back(a);
+  s.scope = make_scope(std::move(kept), s.names());
+}
+
+bool has_alias(const SchemaConstraint::State& s, const std::string& word) {
+  for (const auto& a : s.aliases())
+    if (a.name == word) return true;
+  return false;
+}
+
+std::string read_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(path.string() + ": cannot read");
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+}  // namespace
+
+// --- vocabulary ------------------------------------------------------------------------------------------------
+
+ConstraintVocabulary::ConstraintVocabulary(std::vector<std::string> token_texts, int64_t eos_id,
+                                           const std::vector<int64_t>& stop_ids,
+                                           const std::vector<int64_t>& banned_ids)
+    : texts_(std::move(token_texts)), eos_id_(eos_id), banned_(texts_.size(), 0), cut_(texts_.size(), -1) {
+  for (int64_t id : banned_ids)
+    if (id >= 0 && id < size()) banned_[static_cast<size_t>(id)] = 1;
+  for (int64_t id : stop_ids) {
+    if (id < 0 || id >= size()) continue;
+    const std::string& text = texts_[static_cast<size_t>(id)];
+    size_t semicolon = text.find(';'), blank = text.find("\n\n");
+    size_t cut = std::min(semicolon, blank);
+    if (cut != std::string::npos) cut_[static_cast<size_t>(id)] = static_cast<int32_t>(cut);
+  }
+}
+
+std::vector<int64_t> ConstraintVocabulary::statement_end_ids(const std::vector<std::string>& token_texts) {
+  std::vector<int64_t> ids;
+  for (size_t i = 0; i < token_texts.size(); ++i)
+    if (token_texts[i].find(';') != std::string::npos || token_texts[i].find("\n\n") != std::string::npos)
+      ids.push_back(static_cast<int64_t>(i));
+  return ids;
+}
+
+std::shared_ptr<const ConstraintVocabulary> ConstraintVocabulary::load(const std::filesystem::path& export_dir) {
+  const Json texts_json = Json::parse(read_file(export_dir / "token_texts.json"));
+  const Json manifest = Json::parse(read_file(export_dir / "manifest.json"));
+  std::vector<std::string> texts;
+  texts.reserve(texts_json.as_array().size());
+  for (const Json& text : texts_json.as_array()) texts.push_back(text.as_string());
+  const int64_t eos = manifest.has("eos_token_id") ? manifest.at("eos_token_id").as_int() : -1;
+  std::vector<int64_t> banned;
+  if (manifest.has("special_token_ids"))
+    for (const Json& id : manifest.at("special_token_ids").as_array())
+      if (id.as_int() != eos) banned.push_back(id.as_int());
+  // "stop_token_ids" (format 3) is generate.statement_end_ids, which statement_end_ids computes from the texts
+  std::vector<int64_t> stops;
+  if (manifest.has("stop_token_ids"))
+    for (const Json& id : manifest.at("stop_token_ids").as_array()) stops.push_back(id.as_int());
+  else
+    stops = statement_end_ids(texts);
+  return std::make_shared<ConstraintVocabulary>(std::move(texts), eos, stops, banned);
+}
+
+// --- state -----------------------------------------------------------------------------------------------------
+
+const std::vector<SchemaConstraint::Alias>& SchemaConstraint::State::aliases() const {
+  return scope ? scope->aliases : kNoAliases;
+}
+
+const std::vector<std::string>& SchemaConstraint::State::names() const { return scope ? scope->names : kNoNames; }
+
+bool SchemaConstraint::State::operator==(const State& o) const {
+  if (mode != o.mode || context != o.context || newline != o.newline || ended != o.ended || depth != o.depth ||
+      words != o.words || table != o.table || word != o.word || qualifier != o.qualifier || clauses != o.clauses)
+    return false;
+  if (scope == o.scope) return true;
+  return aliases() == o.aliases() && names() == o.names();
+}
+
+size_t SchemaConstraint::State::hash() const {
+  std::hash<std::string> text_hash;
+  size_t h = static_cast<size_t>(mode) | static_cast<size_t>(context) << 8 | static_cast<size_t>(newline) << 16 |
+              static_cast<size_t>(ended) << 17;
+  h = mix(h, static_cast<size_t>(depth));
+  h = mix(h, static_cast<size_t>(words));
+  h = mix(h, static_cast<size_t>(table + 1));
+  h = mix(h, text_hash(word));
+  h = mix(h, text_hash(qualifier));
+  h = mix(h, text_hash(clauses));
+  return mix(h, scope ? scope->hash : 0);
+}
+
+size_t SchemaConstraint::KeyHash::operator()(const Key& key) const {
+  return mix(key.state.hash(), static_cast<size_t>(key.token));
+}
+
+// --- constraint ------------------------------------------------------------------------------------------------
+
+SchemaConstraint::SchemaConstraint(const SchemaTables& tables, std::shared_ptr<const ConstraintVocabulary> vocab)
+    : vocab_(std::move(vocab)) {
+  if (!vocab_) throw std::invalid_argument("SchemaConstraint: no vocabulary");
+  std::map<std::string, std::vector<std::string>> lowered;
+  for (const auto& [table, columns] : tables) {
+    std::vector<std::string> names;
+    for (const auto& column : columns) names.push_back(lower(column));
+    std::sort(names.begin(), names.end());
+    names.erase(std::unique(names.begin(), names.end()), names.end());
+    lowered[lower(table)] = std::move(names);
+  }
+  for (auto& [table, columns] : lowered) {
+    tables_.push_back(table);
+    all_columns_.insert(all_columns_.end(), columns.begin(), columns.end());
+    columns_.push_back(std::move(columns));
+  }
+  std::sort(all_columns_.begin(), all_columns_.end());
+  all_columns_.erase(std::unique(all_columns_.begin(), all_columns_.end()), all_columns_.end());
+  bare_ = all_columns_;
+  bare_.insert(bare_.end(), tables_.begin(), tables_.end());
+  for (const auto& keyword : keyword_table()) bare_.push_back(keyword.first);
+  std::sort(bare_.begin(), bare_.end());
+  bare_.erase(std::unique(bare_.begin(), bare_.end()), bare_.end());
+}
+
+SchemaConstraint::SchemaConstraint(const Json& spec, std::shared_ptr<const ConstraintVocabulary> vocab)
+    : SchemaConstraint(tables_from_spec(spec), std::move(vocab)) {}
+
+SchemaTables SchemaConstraint::tables_from_spec(const Json& spec) {
+  SchemaTables tables;
+  for (const auto& [table, columns] : spec.at("tables").as_object()) {
+    auto& names = tables[table];
+    for (const Json& column : columns.as_array()) names.push_back(column.as_string());
+  }
+  return tables;
+}
+
+std::vector<std::string> SchemaConstraint::keywords() {
+  std::vector<std::string> out;
+  for (const auto& keyword : keyword_table()) out.push_back(keyword.first);
+  return out;
+}
+
+int32_t SchemaConstraint::find_table(const std::string& name) const {
+  auto at = std::lower_bound(tables_.begin(), tables_.end(), name);
+  return at != tables_.end() && *at == name ? static_cast<int32_t>(at - tables_.begin()) : -1;
+}
+
+std::optional<SchemaConstraint::State> SchemaConstraint::advance(const State& state, int64_t token) {
+  if (cache_limit_ == 0) return advance_uncached(state, token);
+  Key key{state, token};
+  auto found = cache_.find(key);
+  if (found != cache_.end()) return found->second;
+  std::optional<State> result = advance_uncached(state, token);
+  if (cache_.size() >= cache_limit_) cache_.clear();
+  cache_.emplace(std::move(key), result);
+  return result;
+}
+
+std::optional<SchemaConstraint::State> SchemaConstraint::advance_uncached(const State& state, int64_t token) const {
+  if (state.ended) return state;
+  State s = state;
+  if (vocab_->eos_id_ >= 0 && token == vocab_->eos_id_) {
+    if (!end_statement(s)) return std::nullopt;
+    return s;
+  }
+  if (token < 0 || token >= vocab_->size() || vocab_->banned_[static_cast<size_t>(token)]) return std::nullopt;
+  const std::string& text = vocab_->texts_[static_cast<size_t>(token)];
+  const int32_t cut = vocab_->cut_[static_cast<size_t>(token)];
+  if (cut >= 0) {
+    if (!feed_bytes(s, text.data(), text.data() + cut) || !end_statement(s)) return std::nullopt;
+    return s;
+  }
+  if (!feed_bytes(s, text.data(), text.data() + text.size())) return std::nullopt;
+  return s;
+}
+
+bool SchemaConstraint::accepts(const std::string& text) const { return feed(start(), text).has_value(); }
+
+std::optional<SchemaConstraint::State> SchemaConstraint::feed(const State& state, const std::string& text) const {
+  State s = state;
+  if (!feed_bytes(s, text.data(), text.data() + text.size())) return std::nullopt;
+  return s;
+}
+
+// --- characters ------------------------------------------------------------------------------------------------
+
+bool SchemaConstraint::feed_bytes(State& s, const char* p, const char* end) const {
+  while (p < end) {
+    if (s.ended) return true;
+    uint32_t cp;
+    const size_t length = decode(p, end, cp);
+    if (s.newline && (cp == '\n' || cp == '-')) {  // a blank line or a comment line: where extract_sql cuts
+      s.newline = false;
+      return end_statement(s);
+    }
+    if (!feed_char(s, cp, p, length)) return false;
+    s.newline = cp == '\n' && s.mode == 0;
+    p += length;
+  }
+  if (s.mode == 0 && !s.word.empty() && !partial_ok(s)) return false;
+  return true;
+}
+
+bool SchemaConstraint::feed_char(State& s, uint32_t cp, const char* bytes, size_t length) const {
+  if (s.mode) {
+    static const uint32_t closing[] = {0, '\'', '"', '`', ']'};
+    if (cp == closing[s.mode]) {
+      s.mode = 0;
+      ++s.words;
+    }
+    return true;
+  }
+  const uint8_t flags = classify(cp);
+  if ((flags & kAlnumChar) || cp == '_') {
+    append_lower(s.word, cp, bytes, length);
+    return true;
+  }
+  if (cp == '.' && starts_with_digit(s.word)) {
+    s.word += '.';
+    return true;
+  }
+  if (!s.word.empty() && !complete(s, cp)) return false;
+  if (flags & kSpaceChar) return true;
+  if (!(flags & kPunctChar)) return false;
+  if (s.context == kTable && cp != '(') return false;
+  switch (cp) {
+    case '.':
+      return true;  // complete made the word a qualifier
+    case '\'': case '"': case '`': case '[':
+      s.mode = cp == '\'' ? 1 : cp == '"' ? 2 : cp == '`' ? 3 : 4;
+      s.context = kNone;
+      return true;
+    case '(':
+      ++s.depth;
+      s.clauses.push_back(kNoClause);
+      s.context = kNone;
+      return true;
+    case ')':
+      if (s.depth == 0) return false;
+      drop_inner_aliases(s);
+      --s.depth;
+      s.clauses.pop_back();
+      s.context = kNone;
+      return true;
+    case ',':
+      s.context = s.clauses.back() == kFrom ? kTable : kNone;
+      return true;
+    case ';':
+      return s.depth == 0 ? end_statement(s) : false;
+    case '*':
+      if (!s.qualifier.empty()) {
+        s.qualifier.clear();
+        return true;
+      }
+      break;
+    default:
+      break;
+  }
+  s.context = s.context != kTable ? kNone : kTable;
+  return true;
+}
+
+bool SchemaConstraint::end_statement(State& s) const {
+  if (s.mode != 0 || s.depth != 0 || s.words == 0) return false;
+  if (!s.word.empty() && !complete(s, ' ')) return false;
+  if (!s.qualifier.empty()) return false;
+  s.ended = true;
+  return true;
+}
+
+bool SchemaConstraint::partial_ok(const State& s) const {
+  const std::string& word = s.word;
+  if (starts_with_digit(word)) return true;
+  if (!s.qualifier.empty()) return has_prefix(qualified_columns(s), word);
+  if (s.context == kTable) return has_prefix(tables_, word);
+  if (s.context == kAlias || s.context == kAfterTable) return true;
+  if (has_prefix(bare_, word)) return true;
+  for (const auto& a : s.aliases())
+    if (a.name.compare(0, word.size(), word) == 0) return true;
+  for (const auto& n : s.names())
+    if (n.compare(0, word.size(), word) == 0) return true;
+  return short_alias(word);
+}
+
+const std::vector<std::string>& SchemaConstraint::qualified_columns(const State& s) const {
+  const auto& aliases = s.aliases();
+  for (auto a = aliases.rbegin(); a != aliases.rend(); ++a)
+    if (a->name == s.qualifier && a->depth == s.depth)
+      return a->table >= 0 ? columns_[static_cast<size_t>(a->table)] : all_columns_;
+  const int32_t table = find_table(s.qualifier);
+  return table >= 0 ? columns_[static_cast<size_t>(table)] : all_columns_;
+}
+
+// The word before `next` is whole: check it and update the context.
+bool SchemaConstraint::complete(State& s, uint32_t next) const {
+  std::string word;
+  word.swap(s.word);
+  if (starts_with_digit(word)) {
+    ++s.words;
+    s.context = kNone;
+    return true;
+  }
+  if (next == '.') {
+    if (!s.qualifier.empty()) return false;  // a.b.c
+    const bool known = find_table(word) >= 0 || has_alias(s, word);
+    if (!(known || short_alias(word))) return false;
+    s.qualifier = std::move(word);
+    ++s.words;
+    s.context = kNone;
+    return true;
+  }
+  if (!s.qualifier.empty()) {
+    if (!contains(qualified_columns(s), word)) return false;
+    s.qualifier.clear();
+    ++s.words;
+    s.context = kNone;
+    return true;
+  }
+  if (s.context == kTable) {
+    const int32_t table = find_table(word);
+    if (table < 0) return false;
+    s.table = table;
+    ++s.words;
+    s.context = kAfterTable;
+    return true;
+  }
+  if (s.context == kAlias) {
+    if (s.clauses.back() == kFrom) add_alias(s, Alias{s.depth, std::move(word), s.table});
+    else add_name(s, std::move(word));
+    ++s.words;
+    s.context = kNone;
+    return true;
+  }
+  const int action = keyword_action(word);
+  if (s.context == kAfterTable && action == kNotKeyword) {
+    add_alias(s, Alias{s.depth, std::move(word), s.table});
+    ++s.words;
+    s.context = kNone;
+    return true;
+  }
+  if (action != kNotKeyword) {
+    ++s.words;
+    keyword(s, action);
+    return true;
+  }
+  const auto& names = s.names();
+  if (contains(all_columns_, word) || find_table(word) >= 0 || has_alias(s, word) ||
+      std::find(names.begin(), names.end(), word) != names.end()) {
+    ++s.words;
+    s.context = kNone;
+    return true;
+  }
+  return false;
+}
+
+void SchemaConstraint::keyword(State& s, int action) const {
+  switch (action) {
+    case kFrom:
+      s.clauses.back() = kFrom;
+      s.context = kTable;
+      s.table = -1;
+      return;
+    case kJoin:
+      s.context = kTable;
+      return;
+    case kAs:
+      s.context = kAlias;
+      return;
+    case kUnion: case kIntersect: case kExcept:
+      drop_inner_aliases(s);
+      s.clauses.back() = static_cast<char>(action);
+      s.context = kNone;
+      s.table = -1;
+      return;
+    case kPlain:
+      s.context = kNone;
+      return;
+    default:  // a clause word
+      s.clauses.back() = static_cast<char>(action);
+      s.context = kNone;
+  }
+}
+
+// --- constraints by spec ---------------------------------------------------------------------------------------
+
+std::shared_ptr<SchemaConstraint> SchemaConstraintCache::get(const Json& spec) {
+  const std::string key = spec.dump();
+  auto found = entries_.find(key);
+  if (found != entries_.end()) {
+    found->second.first = ++clock_;
+    return found->second.second;
+  }
+  auto constraint = std::make_shared<SchemaConstraint>(spec, vocab_);
+  if (capacity_ > 0 && entries_.size() >= capacity_) {
+    auto oldest = std::min_element(entries_.begin(), entries_.end(),
+                                   [](const auto& a, const auto& b) { return a.second.first < b.second.first; });
+    entries_.erase(oldest);
+  }
+  entries_.emplace(key, std::make_pair(++clock_, constraint));
+  return constraint;
+}
+
+}  // namespace sqlcopilot
