@@ -84,14 +84,15 @@ def add_prompt_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--value-hints", type=int, help="lines of matching cell values shown (0 = none)")
 
 
-def add_decoding_options(parser: argparse.ArgumentParser, default: str) -> None:
+def add_decoding_options(parser: argparse.ArgumentParser, default: str, constrained: bool = False) -> None:
     group = parser.add_argument_group("decoding")
     group.add_argument("--decoding", default=default, choices=["greedy", "beam", "guided"],
                        help=f"greedy; beam: the most probable of --num-beams candidates; guided: the most probable "
                             f"candidate that executes read-only (default {default})")
     group.add_argument("--num-beams", type=int, default=4, help="beams of beam and guided decoding (default 4)")
-    group.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=False,
-                       help="allow only tokens that can still make valid SQL over the database's names")
+    group.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=constrained,
+                       help=f"allow only tokens that can still make valid SQL over the database's names (default "
+                            f"{'on' if constrained else 'off'})")
     group.add_argument("--prefer-nonempty", action="store_true",
                        help="guided: prefer the first candidate whose result has rows")
 
@@ -238,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--json", action="store_true", help="print one JSON object per answer")
     ask.add_argument("--max-new-tokens", type=int, default=128)
     add_prompt_options(ask)
-    add_decoding_options(ask, "guided")
+    add_decoding_options(ask, "guided", constrained=True)
     ask.set_defaults(func=cmd_ask)
 
     stats = sub.add_parser("schema-stats", help="prompt statistics of a Spider-format folder as JSON: how often the "

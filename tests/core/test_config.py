@@ -32,3 +32,12 @@ def test_profiles_and_overrides():
         apply_overrides(smoke, ["max_steps=7"])
     with pytest.raises(ConfigError, match="known profiles"):
         load_profile("nope")
+
+
+def test_every_profile_scores_with_valid_decoding_settings():
+    from sqlcopilot_core.scoring import EvalConfig
+
+    for name in ("smoke", "cpu", "gpu"):
+        config = config_from_dict(EvalConfig, load_profile(name).get("evaluate", {}))
+        assert config.decoding in ("greedy", "beam", "guided")
+    assert config_from_dict(EvalConfig, load_profile("cpu")["evaluate"]).constrained
