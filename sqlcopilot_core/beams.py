@@ -221,6 +221,21 @@ def choose_runnable(sqls: Sequence[str], db_path, *, timeout_s: float = 2.0, pre
     return Choice(sqls[0], 0, len(sqls), rejected[1:], error=rejected[0]["reason"])
 
 
+def answer_from_candidates(candidates: Sequence[Candidate], tokenizer, db_path, guided: bool, *,
+                           timeout_s: float = 2.0, prefer_nonempty: bool = False) -> dict:
+    """One answer from a question's candidates (best first): {"sql", "candidates", "candidate_sqls"}, and for the
+    guided choice also {"chosen", "tried", "rejected", "error"}. The Python scorer and the C++ copilot both use it."""
+    from sqlcopilot_core.prompting import extract_sql
+
+    sqls = [extract_sql(tokenizer.decode(c.tokens, skip_special_tokens=True)) for c in candidates] or [""]
+    answer = {"sql": sqls[0], "candidates": len(candidates), "candidate_sqls": sqls}
+    if guided:
+        choice = choose_runnable(sqls, db_path, timeout_s=timeout_s, prefer_nonempty=prefer_nonempty)
+        answer.update(sql=choice.sql, chosen=choice.index, tried=choice.tried, rejected=choice.rejected,
+                      error=choice.error)
+    return answer
+
+
 def _main(argv: list[str] | None = None) -> None:
     from sqlcopilot_core.generate import statement_end_ids
     from sqlcopilot_core.modeling import load_model

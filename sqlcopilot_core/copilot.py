@@ -93,7 +93,7 @@ def decode_prompts(runtime: Runtime, tokenizer, prompts: list[tuple[list[int], l
     prefix, so with prefix_reuse the runner computes each database's schema once."""
     from tqdm import tqdm
 
-    from sqlcopilot_core.beams import choose_runnable
+    from sqlcopilot_core.beams import answer_from_candidates
     from sqlcopilot_core.cpp_runtime import CppRunner
 
     order = sorted(range(len(prompts)), key=lambda i: (tuple(prompts[i][0]), i))
@@ -117,14 +117,10 @@ def decode_prompts(runtime: Runtime, tokenizer, prompts: list[tuple[list[int], l
                 extra = {"constraint": constraint_spec(db_path)}
             candidates, timing = runner.beams(ids, width, decoding.max_new_tokens, prefix_len=prefix_len,
                                               stop_at_statement_end=True, **extra)
-            sqls = [extract_sql(tokenizer.decode(c.tokens, skip_special_tokens=True)) for c in candidates] or [""]
-            answer = {"sql": sqls[0], "candidates": len(candidates), "candidate_sqls": sqls, **timing}
-            if decoding.decoding == "guided":
-                choice = choose_runnable(sqls, db_path, timeout_s=decoding.exec_timeout_s,
-                                         prefer_nonempty=decoding.prefer_nonempty)
-                answer.update(sql=choice.sql, chosen=choice.index, tried=choice.tried, rejected=choice.rejected,
-                              error=choice.error)
-            answers[i] = answer
+            answers[i] = {**timing, **answer_from_candidates(candidates, tokenizer, db_path,
+                                                             decoding.decoding == "guided",
+                                                             timeout_s=decoding.exec_timeout_s,
+                                                             prefer_nonempty=decoding.prefer_nonempty)}
     return answers
 
 

@@ -192,7 +192,7 @@ def predict_details(model, tokenizer, examples: list[Example], config: PredictCo
     Examples are grouped by their schema prefix: with `prefix_reuse` it is computed once per group and every
     question's prompt continues from its cache (the tokens are those of a full prefill: tests/core/test_beams.py).
     """
-    from sqlcopilot_core.beams import choose_runnable, hf_beam_generate, prefix_cache
+    from sqlcopilot_core.beams import answer_from_candidates, hf_beam_generate, prefix_cache
     from sqlcopilot_core.sqlconstraint import SchemaConstraint
 
     chosen = examples[:config.limit] if config.limit is not None else examples
@@ -235,15 +235,9 @@ def predict_details(model, tokenizer, examples: list[Example], config: PredictCo
                     width = 1 if config.decoding == "greedy" else config.num_beams
                     candidates = hf_beam_generate(model, prompts[i], width, config.max_new_tokens, eos_id,
                                                   stop_ids, constraint, prefix=cache)
-                    sqls = [extract_sql(tokenizer.decode(c.tokens, skip_special_tokens=True)) for c in candidates]
-                    sqls = sqls or [""]
-                    answer = {"sql": sqls[0], "candidates": len(candidates), "candidate_sqls": sqls}
-                    if config.decoding == "guided":
-                        choice = choose_runnable(sqls, db_path, timeout_s=config.exec_timeout_s,
-                                                 prefer_nonempty=config.prefer_nonempty)
-                        answer.update(sql=choice.sql, chosen=choice.index, tried=choice.tried,
-                                      rejected=choice.rejected, error=choice.error)
-                    answers[i] = answer
+                    answers[i] = answer_from_candidates(candidates, tokenizer, db_path, config.decoding == "guided",
+                                                        timeout_s=config.exec_timeout_s,
+                                                        prefer_nonempty=config.prefer_nonempty)
                     bar.update(1)
     finally:
         model.train(was_training)
