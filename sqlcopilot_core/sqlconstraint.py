@@ -13,10 +13,16 @@ prompt's part of it):
   become one of that table's columns; when X is not known yet (Spider writes `SELECT T1.name FROM singer AS T1`)
   y must become a column of some table, and X must look like an alias (a table name, a defined alias, or a short
   name such as T1);
-- any other bare identifier must become a column, a table, an alias or a SQL keyword or function.
-
-It never rejects a query only because a column belongs to a table that is not in scope: that needs the whole
-query, and the execution-guided choice (sqlcopilot_core/beams.py) catches it.
+- any other bare identifier must become a column, a table, an alias or a SQL keyword or function;
+- a table after FROM / JOIN is not followed by `.` (`JOIN t.c` reads as database `t`, table `c`);
+- where the statement ends (the scope check, `_end`): every bare column name is a column of a table the statement
+  names (anywhere in it: subqueries may read their outer query's tables), an alias or a result name it defines
+  (anywhere: `SELECT max(name) FROM (SELECT count(*) AS name FROM owners)`), and every `X.y` has an X that is a
+  table the statement names or an alias it defines for one, with y a column of that table (any y for an alias of a
+  subquery). A query whose columns belong to a table it never reads cannot end: the beam must go on (add the JOIN)
+  or lose to one that can. The check is a union over the whole statement, so it can accept a column out of its
+  scope (the execution-guided choice catches those) but it does not refuse a query SQLite runs (every gold query of
+  Spider dev and train passes).
 """
 
 from __future__ import annotations
@@ -60,6 +66,10 @@ class State:
     names: tuple[str, ...] = ()  # column aliases the query defined
     table: str | None = None  # the table named last in a FROM list (an alias after it refers to it)
     words: int = 0  # identifiers and keywords completed
+    named: tuple[str, ...] = ()  # every table the statement names after FROM / JOIN (never dropped)
+    defined: tuple[tuple[str, str | None], ...] = ()  # every (alias, table or None) the statement defines
+    bare: tuple[str, ...] = ()  # bare column names used, to be found in `named` where the statement ends
+    refs: tuple[tuple[str, str], ...] = ()  # every X.y used, to be resolved where the statement ends
     newline: bool = False  # the last character was a newline outside a string
     ended: bool = False
 
@@ -122,9 +132,30 @@ class SchemaConstraint:
             return None
         if state.word:
             state = self._complete(state, " ")
-        if state is None or state.qualifier is not None:
+        if state is None or state.qualifier is not None or not self._in_scope(state):
             return None
         return replace(state, ended=True)
+
+    def _in_scope(self, state: State) -> bool:
+        """The scope check where the statement ends (the module's docstring)."""
+        named = set(state.named)
+        defined: dict[str, list[str | None]] = {}
+        for alias, table in state.defined:
+            defined.setdefault(alias, []).append(table)
+        names = set(state.names)
+        for word in state.bare:
+            if not (word in names or word in defined
+                    or any(self._contains(self.columns[t], word) for t in named)):
+                return False
+        for qualifier, column in state.refs:
+            tables = list(defined.get(qualifier, ()))
+            if qualifier in named:
+                tables.append(qualifier)
+            if not tables:
+                return False
+            if None not in tables and not any(self._contains(self.columns[t], column) for t in tables):
+                return False
+        return True
 
     # --- characters ---------------------------------------------------------------------------------------------
 
@@ -173,7 +204,9 @@ class SchemaConstraint:
             if state.depth == 0:
                 return None
             aliases = tuple(a for a in state.aliases if a[0] < state.depth)
-            return replace(state, depth=state.depth - 1, clauses=state.clauses[:-1], aliases=aliases, context="")
+            # an alias after `)` names the subquery, not the table it read last
+            return replace(state, depth=state.depth - 1, clauses=state.clauses[:-1], aliases=aliases, context="",
+                           table=None)
         if char == ",":
             in_from = state.clauses[-1] == "from"
             return replace(state, context="table" if in_from else "")
@@ -218,6 +251,8 @@ class SchemaConstraint:
         if next_char == ".":
             if state.qualifier is not None:
                 return None  # a.b.c
+            if state.context == "table":
+                return None  # `FROM t.c`: a database name
             known = word in self.columns or any(a[1] == word for a in state.aliases)
             if not (known or SHORT_ALIAS.fullmatch(word)):
                 return None
@@ -225,33 +260,39 @@ class SchemaConstraint:
         if state.qualifier is not None:
             if not self._contains(self._qualified_columns(state), word):
                 return None
-            return replace(state, qualifier=None, words=words, context="")
+            return replace(state, qualifier=None, words=words, context="",
+                           refs=state.refs + ((state.qualifier, word),))
         context = state.context
         if context == "table":
             if word not in self.columns:
                 return None
-            return replace(state, table=word, words=words, context="after_table")
+            named = state.named if word in state.named else state.named + (word,)
+            return replace(state, table=word, words=words, context="after_table", named=named)
         if context == "alias":
             if state.clauses[-1] == "from":
                 aliases = state.aliases + ((state.depth, word, state.table),)
-                return replace(state, aliases=aliases, words=words, context="")
+                return replace(state, aliases=aliases, words=words, context="",
+                               defined=state.defined + ((word, state.table),))
             return replace(state, names=state.names + (word,), words=words, context="")
         if context == "after_table" and word not in KEYWORDS:
             aliases = state.aliases + ((state.depth, word, state.table),)
-            return replace(state, aliases=aliases, words=words, context="")
+            return replace(state, aliases=aliases, words=words, context="",
+                           defined=state.defined + ((word, state.table),))
         if word in KEYWORDS:
             return self._keyword(replace(state, words=words), word)
-        if (self._contains(self.all_columns, word) or word in self.columns
-                or any(a[1] == word for a in state.aliases) or word in state.names):
+        if word in self.columns or any(a[1] == word for a in state.aliases) or word in state.names:
             return replace(state, words=words, context="")
+        if self._contains(self.all_columns, word):
+            bare = state.bare if word in state.bare else state.bare + (word,)
+            return replace(state, words=words, context="", bare=bare)
         return None
 
     def _keyword(self, state: State, word: str) -> State:
         clauses = state.clauses
         if word == "from":
             return replace(state, clauses=clauses[:-1] + ("from",), context="table", table=None)
-        if word == "join":
-            return replace(state, context="table")
+        if word == "join":  # back in the FROM clause (after an ON): `AS x` names the joined table
+            return replace(state, clauses=clauses[:-1] + ("from",), context="table")
         if word == "as":
             return replace(state, context="alias")
         if word in SET_OPERATORS:

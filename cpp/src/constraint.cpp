@@ -196,41 +196,54 @@ inline size_t mix(size_t seed, size_t value) {
 const std::vector<SchemaConstraint::Alias> kNoAliases;
 const std::vector<std::string> kNoNames;
 
-std::shared_ptr<const SchemaConstraint::Scope> make_scope(std::vector<SchemaConstraint::Alias> aliases,
-                                                          std::vector<std::string> names) {
-  if (aliases.empty() && names.empty()) return nullptr;
-  auto scope = std::make_shared<SchemaConstraint::Scope>();
-  size_t hash = mix(aliases.size(), names.size());
+const SchemaConstraint::Scope kEmptyScope;
+
+std::shared_ptr<const SchemaConstraint::Scope> make_scope(SchemaConstraint::Scope scope) {
+  if (scope.empty()) return nullptr;
   std::hash<std::string> text_hash;
-  for (const auto& a : aliases) hash = mix(mix(mix(hash, static_cast<size_t>(a.depth)), text_hash(a.name)),
-                                           static_cast<size_t>(a.table + 1));
-  for (const auto& n : names) hash = mix(hash, text_hash(n));
-  scope->aliases = std::move(aliases);
-  scope->names = std::move(names);
-  scope->hash = hash;
-  return scope;
+  size_t hash = mix(mix(scope.aliases.size(), scope.names.size()), scope.refs.size());
+  for (const auto& a : scope.aliases) hash = mix(mix(mix(hash, static_cast<size_t>(a.depth)), text_hash(a.name)),
+                                                 static_cast<size_t>(a.table + 1));
+  for (const auto& n : scope.names) hash = mix(hash, text_hash(n));
+  for (int32_t t : scope.named) hash = mix(hash, static_cast<size_t>(t + 1));
+  for (const auto& [alias, table] : scope.defined)
+    hash = mix(mix(hash, text_hash(alias)), static_cast<size_t>(table + 1));
+  for (const auto& b : scope.bare) hash = mix(hash, text_hash(b));
+  for (const auto& [q, column] : scope.refs) hash = mix(mix(hash, text_hash(q)), text_hash(column));
+  scope.hash = hash;
+  return std::make_shared<const SchemaConstraint::Scope>(std::move(scope));
 }
 
-void add_alias(SchemaConstraint::State& s, SchemaConstraint::Alias alias) {
-  std::vector<SchemaConstraint::Alias> aliases = s.aliases();
-  aliases.push_back(std::move(alias));
-  s.scope = make_scope(std::move(aliases), s.names());
+// Python's replace(state, field=...) for the scope's fields: a changed copy of the state's scope.
+template <typename Edit>
+void edit_scope(SchemaConstraint::State& s, Edit edit) {
+  SchemaConstraint::Scope scope = s.scope ? *s.scope : kEmptyScope;
+  edit(scope);
+  s.scope = make_scope(std::move(scope));
+}
+
+void add_alias(SchemaConstraint::State& s, SchemaConstraint::Alias alias, bool defines) {
+  edit_scope(s, [&](SchemaConstraint::Scope& scope) {
+    if (defines) scope.defined.emplace_back(alias.name, alias.table);
+    scope.aliases.push_back(std::move(alias));
+  });
 }
 
 void add_name(SchemaConstraint::State& s, std::string name) {
-  std::vector<std::string> names = s.names();
-  names.push_back(std::move(name));
-  s.scope = make_scope(s.aliases(), std::move(names));
+  edit_scope(s, [&](SchemaConstraint::Scope& scope) { scope.names.push_back(std::move(name)); });
 }
 
 // aliases = tuple(a for a in state.aliases if a[0] < state.depth)
 void drop_inner_aliases(SchemaConstraint::State& s) {
   const auto& aliases = s.aliases();
   if (std::none_of(aliases.begin(), aliases.end(), [&](const auto& a) { return a.depth >= s.depth; })) return;
-  std::vector<SchemaConstraint::Alias> kept;
-  for (const auto& a : aliases)
-    if (a.depth < s.depth) kept.push_back(a);
-  s.scope = make_scope(std::move(kept), s.names());
+  const int32_t depth = s.depth;
+  edit_scope(s, [depth](SchemaConstraint::Scope& scope) {
+    std::vector<SchemaConstraint::Alias> kept;
+    for (const auto& a : scope.aliases)
+      if (a.depth < depth) kept.push_back(a);
+    scope.aliases = std::move(kept);
+  });
 }
 
 bool has_alias(const SchemaConstraint::State& s, const std::string& word) {
@@ -307,7 +320,7 @@ bool SchemaConstraint::State::operator==(const State& o) const {
       words != o.words || table != o.table || word != o.word || qualifier != o.qualifier || clauses != o.clauses)
     return false;
   if (scope == o.scope) return true;
-  return aliases() == o.aliases() && names() == o.names();
+  return (scope ? *scope : kEmptyScope) == (o.scope ? *o.scope : kEmptyScope);
 }
 
 size_t SchemaConstraint::State::hash() const {
@@ -473,6 +486,7 @@ bool SchemaConstraint::feed_char(State& s, uint32_t cp, const char* bytes, size_
       --s.depth;
       s.clauses.pop_back();
       s.context = kNone;
+      s.table = -1;  // an alias after `)` names the subquery, not the table it read last
       return true;
     case ',':
       s.context = s.clauses.back() == kFrom ? kTable : kNone;
@@ -495,8 +509,37 @@ bool SchemaConstraint::feed_char(State& s, uint32_t cp, const char* bytes, size_
 bool SchemaConstraint::end_statement(State& s) const {
   if (s.mode != 0 || s.depth != 0 || s.words == 0) return false;
   if (!s.word.empty() && !complete(s, ' ')) return false;
-  if (!s.qualifier.empty()) return false;
+  if (!s.qualifier.empty() || !in_scope(s)) return false;
   s.ended = true;
+  return true;
+}
+
+// The scope check where the statement ends (sqlconstraint.py's docstring): bare columns of a table the statement
+// names (or an alias / result name it defines), X.y with X a named table or a defined alias whose table has y.
+bool SchemaConstraint::in_scope(const State& s) const {
+  if (!s.scope) return true;
+  const Scope& scope = *s.scope;
+  auto has_column = [&](int32_t table, const std::string& column) {
+    return contains(columns_[static_cast<size_t>(table)], column);
+  };
+  for (const auto& word : scope.bare) {
+    if (std::find(scope.names.begin(), scope.names.end(), word) != scope.names.end()) continue;
+    if (std::any_of(scope.defined.begin(), scope.defined.end(), [&](const auto& d) { return d.first == word; }))
+      continue;
+    if (std::any_of(scope.named.begin(), scope.named.end(), [&](int32_t t) { return has_column(t, word); })) continue;
+    return false;
+  }
+  for (const auto& [qualifier, column] : scope.refs) {
+    std::vector<int32_t> tables;
+    for (const auto& [alias, table] : scope.defined)
+      if (alias == qualifier) tables.push_back(table);
+    const int32_t self = find_table(qualifier);
+    if (self >= 0 && std::find(scope.named.begin(), scope.named.end(), self) != scope.named.end())
+      tables.push_back(self);
+    if (tables.empty()) return false;
+    if (std::find(tables.begin(), tables.end(), -1) != tables.end()) continue;
+    if (std::none_of(tables.begin(), tables.end(), [&](int32_t t) { return has_column(t, column); })) return false;
+  }
   return true;
 }
 
@@ -534,6 +577,7 @@ bool SchemaConstraint::complete(State& s, uint32_t next) const {
   }
   if (next == '.') {
     if (!s.qualifier.empty()) return false;  // a.b.c
+    if (s.context == kTable) return false;   // `FROM t.c`: a database name
     const bool known = find_table(word) >= 0 || has_alias(s, word);
     if (!(known || short_alias(word))) return false;
     s.qualifier = std::move(word);
@@ -543,6 +587,7 @@ bool SchemaConstraint::complete(State& s, uint32_t next) const {
   }
   if (!s.qualifier.empty()) {
     if (!contains(qualified_columns(s), word)) return false;
+    edit_scope(s, [&](Scope& scope) { scope.refs.emplace_back(s.qualifier, word); });
     s.qualifier.clear();
     ++s.words;
     s.context = kNone;
@@ -551,13 +596,16 @@ bool SchemaConstraint::complete(State& s, uint32_t next) const {
   if (s.context == kTable) {
     const int32_t table = find_table(word);
     if (table < 0) return false;
+    const auto& named = s.scope ? s.scope->named : kEmptyScope.named;
+    if (std::find(named.begin(), named.end(), table) == named.end())
+      edit_scope(s, [table](Scope& scope) { scope.named.push_back(table); });
     s.table = table;
     ++s.words;
     s.context = kAfterTable;
     return true;
   }
   if (s.context == kAlias) {
-    if (s.clauses.back() == kFrom) add_alias(s, Alias{s.depth, std::move(word), s.table});
+    if (s.clauses.back() == kFrom) add_alias(s, Alias{s.depth, std::move(word), s.table}, true);
     else add_name(s, std::move(word));
     ++s.words;
     s.context = kNone;
@@ -565,7 +613,7 @@ bool SchemaConstraint::complete(State& s, uint32_t next) const {
   }
   const int action = keyword_action(word);
   if (s.context == kAfterTable && action == kNotKeyword) {
-    add_alias(s, Alias{s.depth, std::move(word), s.table});
+    add_alias(s, Alias{s.depth, std::move(word), s.table}, true);
     ++s.words;
     s.context = kNone;
     return true;
@@ -576,8 +624,15 @@ bool SchemaConstraint::complete(State& s, uint32_t next) const {
     return true;
   }
   const auto& names = s.names();
-  if (contains(all_columns_, word) || find_table(word) >= 0 || has_alias(s, word) ||
-      std::find(names.begin(), names.end(), word) != names.end()) {
+  if (find_table(word) >= 0 || has_alias(s, word) || std::find(names.begin(), names.end(), word) != names.end()) {
+    ++s.words;
+    s.context = kNone;
+    return true;
+  }
+  if (contains(all_columns_, word)) {  // a bare column: the scope check looks for its table at the end
+    const auto& bare = s.scope ? s.scope->bare : kEmptyScope.bare;
+    if (std::find(bare.begin(), bare.end(), word) == bare.end())
+      edit_scope(s, [&](Scope& scope) { scope.bare.push_back(word); });
     ++s.words;
     s.context = kNone;
     return true;
@@ -592,7 +647,8 @@ void SchemaConstraint::keyword(State& s, int action) const {
       s.context = kTable;
       s.table = -1;
       return;
-    case kJoin:
+    case kJoin:  // back in the FROM clause (after an ON): `AS x` names the joined table
+      s.clauses.back() = kFrom;
       s.context = kTable;
       return;
     case kAs:

@@ -109,6 +109,14 @@ int main() {
     expect_rejected(c, "SELECT pets.colour FROM pets", 12);
     expect_rejected(c, "SELECT a.b.c FROM pets", 9);
   });
+  run("where the statement ends, its columns must belong to the tables it reads (the scope check)", [&] {
+    auto c = pets(vocab);
+    expect_rejected(c, "SELECT owner_name FROM pets", 27);       // the end of text: owner_name is owners'
+    expect_rejected(c, "SELECT T1.name FROM owners AS T1", 32);  // T1 is owners, which has no name
+    expect_rejected(c, "SELECT name FROM pets JOIN pets.id", 31);  // a table followed by '.': a database name
+    expect_accepted(c, "SELECT owner_name FROM pets JOIN owners ON pets.id = owners.pet_id", 11);
+    expect_accepted(c, "SELECT T.name FROM (SELECT owner_name AS name FROM owners) AS T", 12);
+  });
   run("an unknown table after FROM is rejected", [&] {
     auto c = pets(vocab);
     expect_rejected(c, "SELECT name FROM animals", 17);

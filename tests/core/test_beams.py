@@ -112,6 +112,31 @@ def test_constraint_rejects_names_the_database_does_not_have(pets_db, tiny):
     assert state is not None and constraint.advance(state, tokenizer.eos_token_id) is None
 
 
+def test_constraint_checks_scope_where_the_statement_ends(pets_db, tiny):
+    """A query whose columns belong to a table it never reads is a valid prefix but cannot end (';' or end of text):
+    the beam must add the table or lose to one that can; queries SQLite runs all end."""
+    constraint = SchemaConstraint.for_database(pets_db, tiny[1])
+    runs = ["SELECT owner_name FROM owners", "SELECT T1.name FROM pets AS T1 JOIN owners AS T2 ON T1.id = T2.pet_id "
+            "JOIN pets AS T3 ON T3.id = T2.pet_id WHERE T3.age > 1",
+            "SELECT max(name) FROM (SELECT count(*) AS name FROM owners GROUP BY pet_id)",
+            "SELECT T.name FROM (SELECT owner_name AS name FROM owners) AS T",
+            "SELECT name FROM pets WHERE id IN (SELECT pet_id FROM owners WHERE owners.pet_id = pets.id)",
+            "SELECT name FROM pets UNION SELECT owner_name FROM owners", "SELECT p.name FROM pets p"]
+    fails = ["SELECT owner_name FROM pets", "SELECT T1.name FROM owners AS T1", "SELECT T2.name FROM pets AS T1",
+             "SELECT name FROM pets JOIN pets.id", "SELECT owners.owner_name FROM pets", "SELECT name"]
+    with sqlite3.connect(pets_db) as conn:
+        for sql in runs:
+            conn.execute(sql).fetchall()
+            assert constraint.accepts(sql + ";"), sql
+        for sql in fails:
+            with pytest.raises(sqlite3.Error):
+                conn.execute(sql).fetchall()
+            assert not constraint.accepts(sql + ";"), sql
+    assert constraint.accepts("SELECT owner_name FROM pets")  # a prefix: `JOIN owners` can still come
+    state = constraint.feed(constraint.start(), "SELECT owner_name FROM pets")
+    assert constraint.advance(state, tiny[1].eos_token_id) is None
+
+
 def test_constraint_spec_is_what_the_cpp_runner_builds_its_constraint_from(pets_db):
     assert constraint_spec(pets_db) == {"tables": {"pets": ["id", "name", "age"],
                                                    "owners": ["id", "pet_id", "owner_name"]}}

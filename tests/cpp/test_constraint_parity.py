@@ -7,10 +7,11 @@ token sequences fed to both must be rejected at the same token, or accepted with
 
 Sequences: every gold query of the Spider dev split (as training writes it: target_ids), each with one column name
 replaced by a made-up word, the table after its first FROM replaced, a ')' appended, or a quote left open (all four
-must be rejected), seeded random edits of it (a character deleted, inserted or replaced; a token replaced by any id
-of the vocabulary, four inserted, a special one inserted: either verdict, as long as both agree); plus texts mixing SQL
-with non-ASCII characters (whole, for accepts, and as tokens), where the classes of str.isalnum, isspace, isdigit,
-lower and re's \\d decide.
+must be rejected), seeded random edits of it (the table after its first FROM replaced by another table of the
+database, for the scope check where the statement ends; a character deleted, inserted or replaced; a token replaced
+by any id of the vocabulary, four inserted, a special one inserted: either verdict, as long as both agree); plus texts
+mixing SQL with non-ASCII characters (whole, for accepts, and as tokens), where the classes of str.isalnum, isspace,
+isdigit, lower and re's \\d decide.
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ def mutations(query: str, tables: dict[str, list[str]], rng: random.Random) -> t
         must.append(query[:table.start(1)] + MADE_UP + query[table.end(1):])
     must += [query + ")", query + " WHERE 'open"]
     edits = []
+    if table and outside[table.start(1)] and len(tables) > 1:  # another table of the database: the scope check
+        other = rng.choice(sorted(t for t in tables if t.lower() != table.group(1).lower()))
+        edits.append(query[:table.start(1)] + other + query[table.end(1):])
     for _ in range(3):
         at = rng.randrange(len(query))
         kind = rng.randrange(3)

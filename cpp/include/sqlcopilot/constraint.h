@@ -73,11 +73,23 @@ class SchemaConstraint {
       return depth == other.depth && table == other.table && name == other.name;
     }
   };
-  // The aliases and column names the query defined: shared between states (copy on write), null when empty.
+  // The aliases and column names the query defined, and what the scope check at the statement's end reads (Python's
+  // named / defined / bare / refs): shared between states (copy on write), null when all are empty.
   struct Scope {
     std::vector<Alias> aliases;
     std::vector<std::string> names;
+    std::vector<int32_t> named;                                  // tables named after FROM / JOIN (never dropped)
+    std::vector<std::pair<std::string, int32_t>> defined;        // every (alias, table or -1) defined
+    std::vector<std::string> bare;                               // bare column names used
+    std::vector<std::pair<std::string, std::string>> refs;       // every X.y used
     size_t hash = 0;
+    bool empty() const {
+      return aliases.empty() && names.empty() && named.empty() && defined.empty() && bare.empty() && refs.empty();
+    }
+    bool operator==(const Scope& o) const {
+      return aliases == o.aliases && names == o.names && named == o.named && defined == o.defined &&
+             bare == o.bare && refs == o.refs;
+    }
   };
   enum Context : uint8_t { kNone = 0, kTable = 1, kAlias = 2, kAfterTable = 3 };
 
@@ -140,6 +152,7 @@ class SchemaConstraint {
   bool feed_bytes(State& s, const char* begin, const char* end) const;
   bool feed_char(State& s, uint32_t cp, const char* bytes, size_t length) const;
   bool end_statement(State& s) const;
+  bool in_scope(const State& s) const;
   bool complete(State& s, uint32_t next) const;
   void keyword(State& s, int code) const;
   bool partial_ok(const State& s) const;
