@@ -4,6 +4,7 @@ hidden width, ranked by weight magnitude or first-order Taylor saliency, cut out
     python -m sqlcopilot_core.prune --ratio 0.5                       # the tiny test model
     python -m sqlcopilot_core.prune --model work/smollm2_base --ratio 0.25 --prune-hidden --out /tmp/pruned
     python -m sqlcopilot_core.prune compare --model M --spider-dir D --ratio 0.5 --holdout 200   # global vs sensitivity
+        [--variants global uniform sensitivity]
 
 Per-layer widths come from the ranking (PruneConfig.allocation 'saliency': least salient structures anywhere go
 first) or from measured sensitivity ('sensitivity', sqlcopilot_core/sensitivity.py: the calibration loss rise of
@@ -782,26 +783,34 @@ def prune_model(model: LlamaForCausalLM, config: PruneConfig, calibration: Calib
                         "total": time.perf_counter() - started}}
 
 
+COMPARE_VARIANTS = ("global", "uniform", "sensitivity")
+
+
 def compare_allocations(model: LlamaForCausalLM, tokenizer, train_examples: list, prompt, config: PruneConfig,
-                        holdout: int, ex_eval=None) -> dict:
-    """Prune copies of `model` to config.ratio with today's global ranking (allocation 'saliency', global_ranking)
-    and with the sensitivity allocation, both with config's criterion, and report each one's loss on `holdout`
-    train examples that neither calibration saw (and, given an EvalConfig `ex_eval`, its execution accuracy);
-    before any distillation. `holdout_used`/`calibration_used`: examples that fit sensitivity_max_seq_len."""
+                        holdout: int, ex_eval=None, variants: tuple[str, ...] = ("global", "sensitivity")) -> dict:
+    """Prune copies of `model` to config.ratio with today's global ranking (allocation 'saliency', global_ranking),
+    with every layer cut alike ('uniform': saliency, no global ranking) and with the sensitivity allocation, all with
+    config's criterion (`variants`: which of them), and report each one's loss on `holdout` train examples that no
+    calibration saw (and, given an EvalConfig `ex_eval`, its execution accuracy); before any distillation.
+    `holdout_used`/`calibration_used`: examples that fit sensitivity_max_seq_len."""
     import copy
     import tempfile
 
     from sqlcopilot_core.sensitivity import calibration_loss, packed_batches
 
+    unknown = [name for name in variants if name not in COMPARE_VARIANTS]
+    if unknown or not variants:
+        raise PruneError(f"compare: variants {list(variants)} must be some of {list(COMPARE_VARIANTS)}")
     shuffled = random.Random(config.seed).sample(list(train_examples), len(train_examples))
     if holdout < 1 or holdout >= len(shuffled):
         raise PruneError(f"compare: --holdout {holdout} must be between 1 and {len(shuffled) - 1} (train examples)")
     held, pool = shuffled[:holdout], shuffled[holdout:]
     held_batches = packed_batches(held, tokenizer, prompt, holdout, config.seed, config.calibration_batch_size,
                                   config.sensitivity_max_seq_len, what="held-out")
-    calibration_batches = packed_batches(pool, tokenizer, prompt, config.sensitivity_examples, config.seed,
-                                         config.calibration_batch_size, config.sensitivity_max_seq_len,
-                                         per_database=config.sensitivity_per_database)
+    calibration_batches = (packed_batches(pool, tokenizer, prompt, config.sensitivity_examples, config.seed,
+                                          config.calibration_batch_size, config.sensitivity_max_seq_len,
+                                          per_database=config.sensitivity_per_database)
+                           if "sensitivity" in variants else [])
     calibration = None
     if config.criterion == "taylor":
         calibration = make_calibration_batches(example_sequences(pool[:config.calibration_batches
@@ -810,11 +819,15 @@ def compare_allocations(model: LlamaForCausalLM, tokenizer, train_examples: list
     result = {"ratio": config.ratio, "criterion": config.criterion, "holdout": len(held),
               "holdout_used": sum(len(batch.examples) for batch in held_batches),
               "calibration_used": sum(len(batch.examples) for batch in calibration_batches),
+              "taylor_examples": (config.calibration_batches * config.calibration_batch_size
+                                  if config.criterion == "taylor" else 0),
               "unpruned": {"holdout_loss": calibration_loss(model, held_batches)}}
-    variants = {"global": replace(config, allocation="saliency", global_ranking=True),
-                "sensitivity": replace(config, allocation="sensitivity")}
+    configs = {"global": replace(config, allocation="saliency", global_ranking=True),
+               "uniform": replace(config, allocation="saliency", global_ranking=False),
+               "sensitivity": replace(config, allocation="sensitivity")}
     measured = None
-    for name, variant in variants.items():
+    for name in variants:
+        variant = configs[name]
         pruned = copy.deepcopy(model)
         report = prune_model(pruned, variant, calibration, calibration_batches, sensitivity=measured)
         measured = report.get("sensitivity", measured)
@@ -825,7 +838,8 @@ def compare_allocations(model: LlamaForCausalLM, tokenizer, train_examples: list
         if ex_eval is not None:
             row["ex"] = _ex(pruned, tokenizer, prompt, ex_eval, tempfile)
         result[name] = row
-    result["holdout_loss_change"] = result["sensitivity"]["holdout_loss"] - result["global"]["holdout_loss"]
+    if "global" in result and "sensitivity" in result:
+        result["holdout_loss_change"] = result["sensitivity"]["holdout_loss"] - result["global"]["holdout_loss"]
     return result
 
 
@@ -870,6 +884,8 @@ def compare_main(argv: list[str]) -> None:
     parser.add_argument("--ex", type=int, default=0, metavar="N", help="also score ex on the first N dev examples")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="PruneConfig settings (default criterion=taylor), e.g. sensitivity_examples=256")
+    parser.add_argument("--variants", nargs="+", default=["global", "sensitivity"], choices=COMPARE_VARIANTS,
+                        help="which allocations to compare (uniform: every layer cut alike)")
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args(argv)
     config = config_from_dict(PruneConfig, {"criterion": "taylor", **parse_key_values(args.set),
@@ -877,7 +893,8 @@ def compare_main(argv: list[str]) -> None:
     model, tokenizer = load_model(args.model)
     evaluation = EvalConfig(spider_dir=args.spider_dir, limit=args.ex) if args.ex else None
     result = compare_allocations(model, tokenizer, load_split(args.spider_dir, "train"),
-                                 model_prompt_settings(args.model), config, args.holdout, evaluation)
+                                 model_prompt_settings(args.model), config, args.holdout, evaluation,
+                                 tuple(args.variants))
     text = json.dumps(result, indent=1)
     if args.out:
         Path(args.out).write_text(text)

@@ -308,6 +308,29 @@ def test_compare_reports_held_out_loss_of_global_and_sensitivity_allocation(tmp_
     assert math.isfinite(result["unpruned"]["holdout_loss"])
 
 
+def test_compare_can_put_every_layer_cut_alike_beside_the_global_ranking(tmp_path, sample_spider):
+    import math
+
+    from sqlcopilot_core.prompting import PromptSettings
+    from sqlcopilot_core.prune import compare_allocations
+    from sqlcopilot_core.spider import load_split
+
+    model, tokenizer = tiny_model_and_tokenizer(seed=0)
+    result = compare_allocations(model, tokenizer, load_split(sample_spider, "train"),
+                                 PromptSettings(max_schema_tokens=256), PruneConfig(ratio=0.5, criterion="taylor",
+                                                                                    calibration_batches=2), 4,
+                                 variants=("global", "uniform"))
+    assert set(result) >= {"global", "uniform"} and "sensitivity" not in result
+    assert result["taylor_examples"] == 4 and "holdout_loss_change" not in result
+    shapes = [tuple(sorted(layer.items())) for layer in result["uniform"]["layers"]]
+    assert len(set(shapes)) == 1, shapes  # every layer the same width
+    for name in ("global", "uniform"):
+        assert math.isfinite(result[name]["holdout_loss"]) and abs(result[name]["achieved_ratio"] - 0.5) <= 0.02
+    with pytest.raises(PruneError, match="variants"):
+        compare_allocations(model, tokenizer, load_split(sample_spider, "train"), PromptSettings(), PruneConfig(), 4,
+                            variants=("random",))
+
+
 def test_rerunning_the_layers_above_a_recorded_input_gives_the_whole_pass_loss(packed):
     from sqlcopilot_core.packing import per_branch_loss
     from sqlcopilot_core.sensitivity import LayerInputs, branch_losses_from
