@@ -481,11 +481,13 @@ def _keep_everything(geometry: _Geometry) -> list[LayerPlan]:
 
 
 def plan_pruning(model: LlamaForCausalLM, config: PruneConfig, calibration: Calibration | None = None,
-                 sensitivity_batches: Sequence | None = None, sensitivity: dict | None = None) -> PrunePlan:
+                 sensitivity_batches: Sequence | None = None, sensitivity: dict | None = None,
+                 saliency: dict[str, torch.Tensor] | None = None) -> PrunePlan:
     """Decide what to keep so the parameter count lands within 2% of ratio * original; the model is not changed
-    (taylor runs backward passes; allocation 'sensitivity' runs masked forward passes over `sensitivity_batches`,
-    packed batches from sensitivity.packed_batches, unless given `sensitivity`: an earlier measurement of this model
-    with the same criterion). Raises PruneError when the ratio cannot be reached."""
+    (taylor runs backward passes, unless given `saliency`: weight_saliency of this model with the same criterion and
+    calibration; allocation 'sensitivity' runs masked forward passes over `sensitivity_batches`, packed batches from
+    sensitivity.packed_batches, unless given `sensitivity`: an earlier measurement of this model with the same
+    criterion). Raises PruneError when the ratio cannot be reached."""
     geometry = _geometry(model)
     original = geometry.total(geometry.hidden, geometry.shapes)
     target = round(config.ratio * original)
@@ -493,7 +495,8 @@ def plan_pruning(model: LlamaForCausalLM, config: PruneConfig, calibration: Cali
         return PrunePlan(_keep_everything(geometry), list(range(geometry.hidden)), target, original)
     hidden = _choose_hidden(geometry, config, target)
     started = time.perf_counter()
-    saliency = weight_saliency(model, config, calibration)
+    if saliency is None:
+        saliency = weight_saliency(model, config, calibration)
     seconds = {"saliency": time.perf_counter() - started}
     width_budget = target - geometry.fixed(hidden)
     cutter = _AttentionCutter(geometry, hidden, saliency, config)
@@ -761,12 +764,14 @@ def check_shapes(model: LlamaForCausalLM) -> None:
 
 
 def prune_model(model: LlamaForCausalLM, config: PruneConfig, calibration: Calibration | None = None,
-                sensitivity_batches: Sequence | None = None, sensitivity: dict | None = None) -> dict:
+                sensitivity_batches: Sequence | None = None, sensitivity: dict | None = None,
+                saliency: dict[str, torch.Tensor] | None = None) -> dict:
     """Prune `model` in place to ~ratio of its parameters; returns a report (counts, ratio, shapes, seconds, and
-    with allocation 'sensitivity' the measured sensitivity and each layer's removed fractions)."""
+    with allocation 'sensitivity' the measured sensitivity and each layer's removed fractions). `sensitivity`,
+    `saliency`: earlier measurements of this model to reuse (plan_pruning)."""
     started = time.perf_counter()
     original, original_hidden = count_parameters(model), model.model.embed_tokens.embedding_dim
-    plan = plan_pruning(model, config, calibration, sensitivity_batches, sensitivity)
+    plan = plan_pruning(model, config, calibration, sensitivity_batches, sensitivity, saliency)
     surgery_started = time.perf_counter()
     apply_plan(model, plan)
     kept = count_parameters(model)
@@ -784,10 +789,11 @@ def prune_model(model: LlamaForCausalLM, config: PruneConfig, calibration: Calib
 
 
 COMPARE_VARIANTS = ("global", "uniform", "sensitivity")
+DEFAULT_COMPARE = ("global", "sensitivity")
 
 
 def compare_allocations(model: LlamaForCausalLM, tokenizer, train_examples: list, prompt, config: PruneConfig,
-                        holdout: int, ex_eval=None, variants: tuple[str, ...] = ("global", "sensitivity")) -> dict:
+                        holdout: int, ex_eval=None, variants: tuple[str, ...] = DEFAULT_COMPARE) -> dict:
     """Prune copies of `model` to config.ratio with today's global ranking (allocation 'saliency', global_ranking),
     with every layer cut alike ('uniform': saliency, no global ranking) and with the sensitivity allocation, all with
     config's criterion (`variants`: which of them), and report each one's loss on `holdout` train examples that no
@@ -825,11 +831,14 @@ def compare_allocations(model: LlamaForCausalLM, tokenizer, train_examples: list
     configs = {"global": replace(config, allocation="saliency", global_ranking=True),
                "uniform": replace(config, allocation="saliency", global_ranking=False),
                "sensitivity": replace(config, allocation="sensitivity")}
+    # every variant prunes a copy of the same model with the same criterion and calibration: one saliency serves all
+    saliency = weight_saliency(model, config, calibration)
     measured = None
     for name in variants:
         variant = configs[name]
         pruned = copy.deepcopy(model)
-        report = prune_model(pruned, variant, calibration, calibration_batches, sensitivity=measured)
+        report = prune_model(pruned, variant, calibration, calibration_batches, sensitivity=measured,
+                             saliency=saliency)
         measured = report.get("sensitivity", measured)
         row = {"holdout_loss": calibration_loss(pruned, held_batches), "achieved_ratio": report["achieved_ratio"],
                "layers": report["layers"], "hidden_size": report["hidden_size"]}
@@ -884,7 +893,7 @@ def compare_main(argv: list[str]) -> None:
     parser.add_argument("--ex", type=int, default=0, metavar="N", help="also score ex on the first N dev examples")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="PruneConfig settings (default criterion=taylor), e.g. sensitivity_examples=256")
-    parser.add_argument("--variants", nargs="+", default=["global", "sensitivity"], choices=COMPARE_VARIANTS,
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_COMPARE), choices=COMPARE_VARIANTS,
                         help="which allocations to compare (uniform: every layer cut alike)")
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args(argv)

@@ -193,10 +193,12 @@ inline size_t mix(size_t seed, size_t value) {
   return seed ^ (value + 0x9e3779b97f4a7c15ULL + (seed << 6) + (seed >> 2));
 }
 
-const std::vector<SchemaConstraint::Alias> kNoAliases;
-const std::vector<std::string> kNoNames;
-
 const SchemaConstraint::Scope kEmptyScope;
+
+// A state's scope, the empty one when it has none.
+inline const SchemaConstraint::Scope& scope_of(const SchemaConstraint::State& s) {
+  return s.scope ? *s.scope : kEmptyScope;
+}
 
 std::shared_ptr<const SchemaConstraint::Scope> make_scope(SchemaConstraint::Scope scope) {
   if (scope.empty()) return nullptr;
@@ -217,7 +219,7 @@ std::shared_ptr<const SchemaConstraint::Scope> make_scope(SchemaConstraint::Scop
 // Python's replace(state, field=...) for the scope's fields: a changed copy of the state's scope.
 template <typename Edit>
 void edit_scope(SchemaConstraint::State& s, Edit edit) {
-  SchemaConstraint::Scope scope = s.scope ? *s.scope : kEmptyScope;
+  SchemaConstraint::Scope scope = scope_of(s);
   edit(scope);
   s.scope = make_scope(std::move(scope));
 }
@@ -310,17 +312,17 @@ std::shared_ptr<const ConstraintVocabulary> ConstraintVocabulary::load(const std
 // --- state -----------------------------------------------------------------------------------------------------
 
 const std::vector<SchemaConstraint::Alias>& SchemaConstraint::State::aliases() const {
-  return scope ? scope->aliases : kNoAliases;
+  return scope_of(*this).aliases;
 }
 
-const std::vector<std::string>& SchemaConstraint::State::names() const { return scope ? scope->names : kNoNames; }
+const std::vector<std::string>& SchemaConstraint::State::names() const { return scope_of(*this).names; }
 
 bool SchemaConstraint::State::operator==(const State& o) const {
   if (mode != o.mode || context != o.context || newline != o.newline || ended != o.ended || depth != o.depth ||
       words != o.words || table != o.table || word != o.word || qualifier != o.qualifier || clauses != o.clauses)
     return false;
   if (scope == o.scope) return true;
-  return (scope ? *scope : kEmptyScope) == (o.scope ? *o.scope : kEmptyScope);
+  return scope_of(*this) == scope_of(o);
 }
 
 size_t SchemaConstraint::State::hash() const {
@@ -517,8 +519,7 @@ bool SchemaConstraint::end_statement(State& s) const {
 // The scope check where the statement ends (sqlconstraint.py's docstring): bare columns of a table the statement
 // names (or an alias / result name it defines), X.y with X a named table or a defined alias whose table has y.
 bool SchemaConstraint::in_scope(const State& s) const {
-  if (!s.scope) return true;
-  const Scope& scope = *s.scope;
+  const Scope& scope = scope_of(s);
   auto has_column = [&](int32_t table, const std::string& column) {
     return contains(columns_[static_cast<size_t>(table)], column);
   };
@@ -596,7 +597,7 @@ bool SchemaConstraint::complete(State& s, uint32_t next) const {
   if (s.context == kTable) {
     const int32_t table = find_table(word);
     if (table < 0) return false;
-    const auto& named = s.scope ? s.scope->named : kEmptyScope.named;
+    const auto& named = scope_of(s).named;
     if (std::find(named.begin(), named.end(), table) == named.end())
       edit_scope(s, [table](Scope& scope) { scope.named.push_back(table); });
     s.table = table;
@@ -630,7 +631,7 @@ bool SchemaConstraint::complete(State& s, uint32_t next) const {
     return true;
   }
   if (contains(all_columns_, word)) {  // a bare column: the scope check looks for its table at the end
-    const auto& bare = s.scope ? s.scope->bare : kEmptyScope.bare;
+    const auto& bare = scope_of(s).bare;
     if (std::find(bare.begin(), bare.end(), word) == bare.end())
       edit_scope(s, [&](Scope& scope) { scope.bare.push_back(word); });
     ++s.words;
