@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -81,15 +82,31 @@ def export_model(model_dir: str | Path, out_dir: str | Path, config: ExportConfi
     Raises ExportError when the graph's float32 greedy tokens differ from transformers' or any logit differs by
     more than the tolerance; bfloat16 token agreement is recorded, not enforced (see `parity_check`).
     """
-    from sqlcopilot_core.modeling import layer_shapes, load_model
-    from sqlcopilot_core.sqlconstraint import token_texts
-
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ExportError(f"{out_dir}: output folder is not empty")
     if not prompts:
         raise ExportError("export needs at least one prompt for its parity check")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # everything is written into a sibling folder and renamed into place last, so a run killed half way never
+    # leaves a folder that looks like an export (the stage's own staging folder gets the same treatment)
+    staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        manifest = _export_into(model_dir, staging, config, prompts, out_dir)
+        if out_dir.exists():
+            out_dir.rmdir()  # empty, checked above
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _export_into(model_dir: Path, out_dir: Path, config: ExportConfig, prompts: list[str], final_dir: Path) -> dict:
+    from sqlcopilot_core.modeling import layer_shapes, load_model
+    from sqlcopilot_core.sqlconstraint import token_texts
+
     model, tokenizer = load_model(model_dir, dtype=DTYPES[config.dtype])
     decoder = Decoder.from_hf(model, config.max_seq_len, DTYPES[config.dtype])
     torch.jit.script(decoder).save(str(out_dir / GRAPH_FILE))
@@ -110,7 +127,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, config: ExportConfi
         "source_model": str(model_dir), "torch_version": torch.__version__, "parity": parity,
         "token_texts": TOKEN_TEXTS_FILE, "special_token_ids": sorted(tokenizer.all_special_ids),  # C++ constraint
     }
-    _enforce_parity(parity, config, out_dir)
+    _enforce_parity(parity, config, final_dir)
     manifest["files"] = file_checksums(out_dir)
     (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
@@ -342,6 +359,7 @@ def _enforce_parity(parity: dict, config: ExportConfig, out_dir: Path) -> None:
         problems.append(f"greedy tokens differ from transformers at positions {parity['first_divergence']}")
     if problems:
         # No manifest.json, so nothing loads this folder; the findings stay for a reader.
+        out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "parity_failure.json").write_text(json.dumps(parity, indent=2) + "\n")
         raise ExportError(f"{out_dir}: exported graph does not match transformers: {'; '.join(problems)} "
                           "(details in parity_failure.json)")

@@ -253,3 +253,19 @@ def test_failed_parity_leaves_no_loadable_export(model_dir, tmp_path):
         export_model(model_dir, tmp_path / "strict", strict, PROMPTS[:1])
     assert not (tmp_path / "strict" / "manifest.json").exists()
     assert json.loads((tmp_path / "strict" / "parity_failure.json").read_text())["prompts"] == 1
+    assert not list(tmp_path.glob(".strict.partial-*"))  # the half-written graph is not left beside it
+
+
+def test_an_export_stopped_half_way_leaves_nothing_that_looks_like_an_export(model_dir, tmp_path, monkeypatch):
+    import sqlcopilot_core.export as export_module
+
+    def interrupted(*args, **kwargs):  # the graph and tokenizer files are written by now: stop as a kill would
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_module, "parity_check", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_model(model_dir, tmp_path / "out", ExportConfig(max_seq_len=64), PROMPTS[:1])
+    assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())
+    monkeypatch.undo()
+    manifest = export_model(model_dir, tmp_path / "out", ExportConfig(max_seq_len=64), PROMPTS[:1])  # runs again
+    assert load_exported(tmp_path / "out").manifest["files"] == manifest["files"]
