@@ -15,6 +15,11 @@ prompt's part of it):
   name such as T1);
 - any other bare identifier must become a column, a table, an alias or a SQL keyword or function;
 - a table after FROM / JOIN is not followed by `.` (`JOIN t.c` reads as database `t`, table `c`);
+- clause order, per parenthesis depth: SELECT opens a query (at the start, after `(` or a set operator), then
+  FROM (JOIN, ON), WHERE, GROUP BY, HAVING, ORDER BY, LIMIT, OFFSET, each at most once and in that order, and a set
+  operator never after ORDER BY or LIMIT (SQLite refuses each of these); a number is at most 24 characters. Beams
+  that would start a second query after a finished one, or repeat `ORDER BY ... LIMIT 1` until the token limit,
+  stop there;
 - where the statement ends (the scope check, `_end`): every bare column name is a column of a table the statement
   names (anywhere in it: subqueries may read their outer query's tables), an alias or a result name it defines
   (anywhere: `SELECT max(name) FROM (SELECT count(*) AS name FROM owners)`), and every `X.y` has an X that is a
@@ -46,6 +51,12 @@ CLAUSE_WORDS = frozenset("select where group order having limit on union interse
 SET_OPERATORS = frozenset("union intersect except".split())
 SQL_PUNCTUATION = frozenset(".,;()*=<>!+-/%|&~'\"`[]")
 SHORT_ALIAS = re.compile(r"[a-z]{1,2}\d*")
+# clause order within one query: a clause word may come only while the query's rank is in its range; it sets the rank
+CLAUSE_RANKS = {"select": (0, 0, 1), "from": (1, 1, 2), "join": (2, 2, 2), "on": (2, 2, 2), "where": (1, 2, 3),
+                "group": (1, 3, 4), "having": (1, 4, 5), "order": (1, 5, 6), "limit": (1, 6, 7),
+                "offset": (7, 7, 8), "union": (1, 5, 0), "intersect": (1, 5, 0), "except": (1, 5, 0)}
+"""word: (lowest rank, highest rank, new rank); rank 0: no clause yet (start, after `(` or a set operator)."""
+MAX_NUMBER = 24
 
 
 def _has_prefix(names: list[str], prefix: str) -> bool:
@@ -62,6 +73,7 @@ class State:
     qualifier: str | None = None  # X of `X.` before the word
     context: str = ""  # "table": a table name must come; "alias": a name is being defined; "after_table": either
     clauses: tuple[str, ...] = ("",)  # per depth, the clause being written
+    ranks: tuple[int, ...] = (0,)  # per depth, the rank (CLAUSE_RANKS) of the last clause word
     aliases: tuple[tuple[int, str, str | None], ...] = ()  # (depth, alias, table or None)
     names: tuple[str, ...] = ()  # column aliases the query defined
     table: str | None = None  # the table named last in a FROM list (an alias after it refers to it)
@@ -180,10 +192,10 @@ class SchemaConstraint:
         if mode:
             closing = {1: "'", 2: '"', 3: "`", 4: "]"}[mode]
             return replace(state, mode=0, words=state.words + 1) if char == closing else state
-        if char.isalnum() or char == "_":
+        if char.isalnum() or char == "_" or (char == "." and state.word[:1].isdigit()):
+            if len(state.word) >= MAX_NUMBER and state.word[:1].isdigit():
+                return None
             return replace(state, word=state.word + char.lower())
-        if char == "." and state.word[:1].isdigit():
-            return replace(state, word=state.word + char)
         if state.word:
             state = self._complete(state, char)
             if state is None:
@@ -199,14 +211,15 @@ class SchemaConstraint:
         if char in "'\"`[":
             return replace(state, mode="'\"`[".index(char) + 1, context="")
         if char == "(":
-            return replace(state, depth=state.depth + 1, clauses=state.clauses + ("",), context="")
+            return replace(state, depth=state.depth + 1, clauses=state.clauses + ("",), ranks=state.ranks + (0,),
+                           context="")
         if char == ")":
             if state.depth == 0:
                 return None
             aliases = tuple(a for a in state.aliases if a[0] < state.depth)
             # an alias after `)` names the subquery, not the table it read last
-            return replace(state, depth=state.depth - 1, clauses=state.clauses[:-1], aliases=aliases, context="",
-                           table=None)
+            return replace(state, depth=state.depth - 1, clauses=state.clauses[:-1], ranks=state.ranks[:-1],
+                           aliases=aliases, context="", table=None)
         if char == ",":
             in_from = state.clauses[-1] == "from"
             return replace(state, context="table" if in_from else "")
@@ -287,8 +300,13 @@ class SchemaConstraint:
             return replace(state, words=words, context="", bare=bare)
         return None
 
-    def _keyword(self, state: State, word: str) -> State:
+    def _keyword(self, state: State, word: str) -> State | None:
         clauses = state.clauses
+        if word in CLAUSE_RANKS:
+            low, high, rank = CLAUSE_RANKS[word]
+            if not low <= state.ranks[-1] <= high:
+                return None
+            state = replace(state, ranks=state.ranks[:-1] + (rank,))
         if word == "from":
             return replace(state, clauses=clauses[:-1] + ("from",), context="table", table=None)
         if word == "join":  # back in the FROM clause (after an ON): `AS x` names the joined table

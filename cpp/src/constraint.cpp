@@ -182,6 +182,33 @@ const std::vector<std::pair<std::string, int>>& keyword_table() {
   return table;
 }
 
+// Clause order within one query (sqlconstraint.CLAUSE_RANKS): a clause word may come only while the query's rank is
+// in [low, high]; it sets the rank. Rank 0: no clause yet (start, after `(` or a set operator).
+struct ClauseRank {
+  int low, high, rank;
+};
+
+inline const ClauseRank* clause_rank(int action) {
+  static const ClauseRank kSelectRank{0, 0, 1}, kFromRank{1, 1, 2}, kJoinRank{2, 2, 2}, kWhereRank{1, 2, 3},
+      kGroupRank{1, 3, 4}, kHavingRank{1, 4, 5}, kOrderRank{1, 5, 6}, kLimitRank{1, 6, 7}, kOffsetRank{7, 7, 8},
+      kSetRank{1, 5, 0};
+  switch (action) {
+    case kSelect: return &kSelectRank;
+    case kFrom: return &kFromRank;
+    case kJoin: case kOn: return &kJoinRank;
+    case kWhere: return &kWhereRank;
+    case kGroup: return &kGroupRank;
+    case kHaving: return &kHavingRank;
+    case kOrder: return &kOrderRank;
+    case kLimit: return &kLimitRank;
+    case kOffset: return &kOffsetRank;
+    case kUnion: case kIntersect: case kExcept: return &kSetRank;
+    default: return nullptr;
+  }
+}
+
+constexpr size_t kMaxNumber = 24;  // sqlconstraint.MAX_NUMBER
+
 inline int keyword_action(const std::string& word) {
   const auto& table = keyword_table();
   auto at = std::lower_bound(table.begin(), table.end(), word,
@@ -319,7 +346,8 @@ const std::vector<std::string>& SchemaConstraint::State::names() const { return 
 
 bool SchemaConstraint::State::operator==(const State& o) const {
   if (mode != o.mode || context != o.context || newline != o.newline || ended != o.ended || depth != o.depth ||
-      words != o.words || table != o.table || word != o.word || qualifier != o.qualifier || clauses != o.clauses)
+      words != o.words || table != o.table || word != o.word || qualifier != o.qualifier || clauses != o.clauses ||
+      ranks != o.ranks)
     return false;
   if (scope == o.scope) return true;
   return scope_of(*this) == scope_of(o);
@@ -335,6 +363,7 @@ size_t SchemaConstraint::State::hash() const {
   h = mix(h, text_hash(word));
   h = mix(h, text_hash(qualifier));
   h = mix(h, text_hash(clauses));
+  h = mix(h, text_hash(ranks));
   return mix(h, scope ? scope->hash : 0);
 }
 
@@ -458,12 +487,9 @@ bool SchemaConstraint::feed_char(State& s, uint32_t cp, const char* bytes, size_
     return true;
   }
   const uint8_t flags = classify(cp);
-  if ((flags & kAlnumChar) || cp == '_') {
+  if ((flags & kAlnumChar) || cp == '_' || (cp == '.' && starts_with_digit(s.word))) {
+    if (s.word.size() >= kMaxNumber && starts_with_digit(s.word)) return false;
     append_lower(s.word, cp, bytes, length);
-    return true;
-  }
-  if (cp == '.' && starts_with_digit(s.word)) {
-    s.word += '.';
     return true;
   }
   if (!s.word.empty() && !complete(s, cp)) return false;
@@ -480,6 +506,7 @@ bool SchemaConstraint::feed_char(State& s, uint32_t cp, const char* bytes, size_
     case '(':
       ++s.depth;
       s.clauses.push_back(kNoClause);
+      s.ranks.push_back(0);
       s.context = kNone;
       return true;
     case ')':
@@ -487,6 +514,7 @@ bool SchemaConstraint::feed_char(State& s, uint32_t cp, const char* bytes, size_
       drop_inner_aliases(s);
       --s.depth;
       s.clauses.pop_back();
+      s.ranks.pop_back();
       s.context = kNone;
       s.table = -1;  // an alias after `)` names the subquery, not the table it read last
       return true;
@@ -621,8 +649,7 @@ bool SchemaConstraint::complete(State& s, uint32_t next) const {
   }
   if (action != kNotKeyword) {
     ++s.words;
-    keyword(s, action);
-    return true;
+    return keyword(s, action);
   }
   const auto& names = s.names();
   if (find_table(word) >= 0 || has_alias(s, word) || std::find(names.begin(), names.end(), word) != names.end()) {
@@ -641,32 +668,38 @@ bool SchemaConstraint::complete(State& s, uint32_t next) const {
   return false;
 }
 
-void SchemaConstraint::keyword(State& s, int action) const {
+bool SchemaConstraint::keyword(State& s, int action) const {
+  if (const ClauseRank* order = clause_rank(action)) {
+    const int now = static_cast<unsigned char>(s.ranks.back());
+    if (now < order->low || now > order->high) return false;
+    s.ranks.back() = static_cast<char>(order->rank);
+  }
   switch (action) {
     case kFrom:
       s.clauses.back() = kFrom;
       s.context = kTable;
       s.table = -1;
-      return;
+      return true;
     case kJoin:  // back in the FROM clause (after an ON): `AS x` names the joined table
       s.clauses.back() = kFrom;
       s.context = kTable;
-      return;
+      return true;
     case kAs:
       s.context = kAlias;
-      return;
+      return true;
     case kUnion: case kIntersect: case kExcept:
       drop_inner_aliases(s);
       s.clauses.back() = static_cast<char>(action);
       s.context = kNone;
       s.table = -1;
-      return;
+      return true;
     case kPlain:
       s.context = kNone;
-      return;
+      return true;
     default:  // a clause word
       s.clauses.back() = static_cast<char>(action);
       s.context = kNone;
+      return true;
   }
 }
 

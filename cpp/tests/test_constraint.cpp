@@ -124,7 +124,20 @@ int main() {
   run("unbalanced parentheses are rejected", [&] {
     auto c = pets(vocab);
     expect_rejected(c, "SELECT name FROM pets)", 21);
-    expect_rejected(c, "SELECT count(name FROM pets", 27);  // end-of-text with a parenthesis open
+    expect_rejected(c, "SELECT count(name) FROM pets WHERE (age > 1", 43);  // end-of-text with a parenthesis open
+    expect_rejected(c, "SELECT count(name FROM pets", 22);  // FROM inside count( before any SELECT there
+  });
+  run("clauses come once each, in SQL's order", [&] {
+    auto c = pets(vocab);
+    expect_accepted(c, "SELECT name FROM pets WHERE age > 1 GROUP BY name HAVING count(*) > 1 ORDER BY name LIMIT 1 "
+                       "OFFSET 2", 20);
+    expect_accepted(c, "SELECT name FROM pets WHERE age > 1 UNION SELECT name FROM pets ORDER BY name LIMIT 1", 17);
+    expect_accepted(c, "SELECT name FROM pets WHERE age = (SELECT max(age) FROM pets ORDER BY age LIMIT 1)", 16);
+    expect_rejected(c, "SELECT name FROM pets ORDER BY age LIMIT 1 ORDER BY", 48);
+    expect_rejected(c, "SELECT name FROM pets LIMIT 1 SELECT", 36);
+    expect_rejected(c, "SELECT name FROM pets ORDER BY age UNION", 40);
+    expect_rejected(c, "SELECT name FROM pets WHERE age > 1 JOIN", 40);
+    expect_rejected(c, "SELECT name FROM pets LIMIT 1000000000000000000000000", 52);  // a number of 25 digits
   });
   run("the end inside a string is rejected", [&] {
     auto c = pets(vocab);

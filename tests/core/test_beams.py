@@ -137,6 +137,30 @@ def test_constraint_checks_scope_where_the_statement_ends(pets_db, tiny):
     assert constraint.advance(state, tiny[1].eos_token_id) is None
 
 
+def test_constraint_keeps_clauses_in_sql_order(pets_db, tiny):
+    """Clauses once each and in SQLite's order, per parenthesis depth: a beam cannot start a second query after a
+    finished one or repeat `ORDER BY ... LIMIT 1` until the token limit (what the teacher's failing beams did)."""
+    constraint = SchemaConstraint.for_database(pets_db, tiny[1])
+    runs = ["SELECT name FROM pets WHERE age > 1 GROUP BY name HAVING count(*) > 1 ORDER BY name LIMIT 1 OFFSET 2",
+            "SELECT name FROM pets WHERE age > 1 UNION SELECT owner_name FROM owners ORDER BY 1 LIMIT 2",
+            "SELECT name FROM pets WHERE age = (SELECT max(age) FROM pets ORDER BY age LIMIT 1) ORDER BY name",
+            "SELECT count(*) FROM pets AS T1 JOIN owners AS T2 ON T1.id = T2.pet_id JOIN pets AS T3 ON T3.id = T1.id"]
+    fails = ["SELECT name FROM pets ORDER BY age LIMIT 1 ORDER BY age LIMIT 1", "SELECT name FROM pets LIMIT 1 "
+             "SELECT name FROM pets", "SELECT name FROM pets ORDER BY age UNION SELECT owner_name FROM owners",
+             "SELECT name FROM pets WHERE age > 1 JOIN owners ON pets.id = owners.pet_id",
+             "SELECT name FROM pets GROUP BY name HAVING count(*) > 1 GROUP BY age"]
+    with sqlite3.connect(pets_db) as conn:
+        for sql in runs:
+            conn.execute(sql).fetchall()
+            assert constraint.accepts(sql + ";"), sql
+        for sql in fails:
+            with pytest.raises(sqlite3.Error):
+                conn.execute(sql).fetchall()
+            assert not constraint.accepts(sql), sql  # refused where the misplaced clause starts, not only at the end
+    assert constraint.accepts("SELECT name FROM pets LIMIT " + "9" * 24)
+    assert not constraint.accepts("SELECT name FROM pets LIMIT " + "9" * 25)  # digits without end
+
+
 def test_constraint_spec_is_what_the_cpp_runner_builds_its_constraint_from(pets_db):
     assert constraint_spec(pets_db) == {"tables": {"pets": ["id", "name", "age"],
                                                    "owners": ["id", "pet_id", "owner_name"]}}

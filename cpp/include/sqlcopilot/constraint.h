@@ -105,6 +105,7 @@ class SchemaConstraint {
     std::string word;        // the identifier or number being written (lowercase)
     std::string qualifier;   // X of `X.` before the word (empty: none)
     std::string clauses = std::string(1, '\0');  // per depth, the clause being written (a code; 0: none)
+    std::string ranks = std::string(1, '\0');    // per depth, the clause-order rank (sqlconstraint.CLAUSE_RANKS)
     std::shared_ptr<const Scope> scope;
 
     bool operator==(const State& other) const;
@@ -154,7 +155,7 @@ class SchemaConstraint {
   bool end_statement(State& s) const;
   bool in_scope(const State& s) const;
   bool complete(State& s, uint32_t next) const;
-  void keyword(State& s, int code) const;
+  bool keyword(State& s, int code) const;
   bool partial_ok(const State& s) const;
   const std::vector<std::string>& qualified_columns(const State& s) const;
   int32_t find_table(const std::string& name) const;
