@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=$(realpath "$1"); SPIDER=$(realpath "$2"); BASE=$(realpath "${BASE:?set BASE to the older checkout}")
-PYTHON=$(realpath .venv/bin/python); HERE=$(pwd); STEPS=${STEPS:-5}
+HERE=$(pwd); PYTHON="$HERE/.venv/bin/python"; STEPS=${STEPS:-5}  # not realpath: that leaves the venv
 NEW_SETTINGS=(batch_size=1 grad_accum_steps=2 bf16_autocast=true max_seq_len=1024 max_schema_tokens=400
               prompt_form=compact value_hints=3)
 run_new() {  # checkout

@@ -7,14 +7,9 @@ example at a time, an epoch re-reads every schema ~50 times. A pack reads it onc
 
     [schema prefix][hints + question 1 + SQL 1][hints + question 2 + SQL 2] ...
 
-Each branch attends to the schema prefix and to itself only, and its position ids continue from the prefix's end, so
-every branch sees exactly the tokens and positions it would see alone: its loss is the loss of that example computed
-on its own (tests/core/test_packing.py checks this to 1e-4). The batch carries that structure twice: as a 4-D
-boolean mask (what any attention implementation understands) and as a per-row layout that `packed_forward` hands
-to `branch_attention`, which computes only the blocks the mask allows: the prefix causally, then every branch
-against [prefix, itself] in one batched product. Attention then costs branches x (prefix + branch) instead of the
-pack's length squared; on a 1,024-token pack of ~13 branches that is 2-3x less attention time (forward + backward)
-than sdpa's CPU kernel, which computes every block of the mask.
+Each branch attends to the schema prefix and to itself only (a 4-D boolean attention mask passed to sdpa), and its
+position ids continue from the prefix's end, so every branch sees exactly the tokens and positions it would see
+alone: its loss is the loss of that example computed on its own (tests/core/test_packing.py checks this to 1e-4).
 The loss is taken on SQL tokens only, and logits are computed only at the positions that predict them (the output
 layer over the 49k-word vocabulary is a fifth of the model's compute).
 
@@ -28,7 +23,6 @@ from __future__ import annotations
 import random
 import sys
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,38 +69,6 @@ class Pack:
 
 
 @dataclass
-class RowLayout:
-    """Where one row's prefix and branches sit: what `branch_attention` needs instead of the 4-D mask."""
-
-    prefix: int
-    """Length of the schema prefix (columns [0, prefix))."""
-    index: torch.Tensor
-    """(branches, longest branch) long: the column of each branch token, padded with 0."""
-    own: torch.Tensor
-    """(branches, longest branch, longest branch) bool: query i of a branch may attend to its key j (causal, real)."""
-    valid: torch.Tensor
-    """(branches, longest branch) bool: which entries of `index` are real tokens."""
-
-    def to(self, device: torch.device) -> RowLayout:
-        return RowLayout(self.prefix, self.index.to(device), self.own.to(device), self.valid.to(device))
-
-
-def row_layout(prefix: int, branch_lengths: list[int]) -> RowLayout:
-    longest = max(branch_lengths, default=1)
-    index = torch.zeros((len(branch_lengths), longest), dtype=torch.long)
-    valid = torch.zeros((len(branch_lengths), longest), dtype=torch.bool)
-    start = prefix
-    for k, length in enumerate(branch_lengths):
-        index[k, :length] = torch.arange(start, start + length)
-        valid[k, :length] = True
-        start += length
-    causal = torch.ones(longest, longest, dtype=torch.bool).tril()
-    # a padding query still sees key 0 of its branch, so no softmax row is empty
-    own = causal[None] & (valid[:, None, :] | (torch.arange(longest) == 0))
-    return RowLayout(prefix, index, own, valid)
-
-
-@dataclass
 class PackedBatch:
     """Right-padded packs. `mask[b, 0, i, j]` is True where token i may attend to token j."""
 
@@ -118,8 +80,6 @@ class PackedBatch:
     branch_index: torch.Tensor
     """(B, L): -1 on padding, 0 on the schema prefix, k on the k-th branch (1-based) of its row."""
     packs: list[Pack] = field(repr=False)
-    layout: list[RowLayout] = field(repr=False, default_factory=list)
-    """One RowLayout a row (the mask's structure, for branch_attention)."""
 
     @property
     def examples(self) -> list[Encoded]:
@@ -143,8 +103,7 @@ class PackedBatch:
 
     def to(self, device: torch.device) -> PackedBatch:
         return PackedBatch(self.input_ids.to(device), self.mask.to(device), self.position_ids.to(device),
-                           self.next_ids.to(device), self.branch_index.to(device), self.packs,
-                           [row.to(device) for row in self.layout])
+                           self.next_ids.to(device), self.branch_index.to(device), self.packs)
 
 
 def target_ids(tokenizer, sql: str) -> list[int]:
@@ -181,82 +140,7 @@ def collate_packs(packs: list[Pack], pad_id: int) -> PackedBatch:
     mask = causal & same_branch_or_prefix & (key >= 0) & (query >= 0)
     # a padding row attends to itself only, so no softmax row is empty (an empty row would give NaN)
     mask |= torch.eye(width, dtype=torch.bool)
-    layout = [row_layout(len(p.prefix_ids), [b.branch_length for b in p.branches]) for p in packs]
-    return PackedBatch(ids, mask[:, None], positions, next_ids, branch, packs, layout)
-
-
-BRANCH_ATTENTION = "sqlcopilot_branch"
-
-
-def branch_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask, *,
-                     dropout: float = 0.0, scaling: float | None = None, pack_layout: list[RowLayout] | None = None,
-                     **kwargs):
-    """A transformers attention function: with `pack_layout`, attention over packs computed block by block (the
-    prefix causally, each branch against [prefix, itself]); without it, transformers' sdpa attention, unchanged.
-
-    query (B, heads, L, d), key/value (B, kv heads, L, d) -> (B, L, heads, d), as every transformers attention
-    function returns. Padding columns come out as zeros (no loss reads them).
-    """
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    if pack_layout is None or dropout > 0 or kwargs.get("output_attentions"):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
-    batch, heads, width, dim = query.shape
-    kv_heads = key.shape[1]
-    group = heads // kv_heads
-    scale = dim ** -0.5 if scaling is None else scaling
-    # under autocast the products below come out in the autocast dtype, whatever query's is
-    dtype = torch.get_autocast_dtype(query.device.type) if torch.is_autocast_enabled(query.device.type) else None
-    out = query.new_zeros(batch, width, heads, dim, dtype=dtype or query.dtype)
-    for row, layout in enumerate(pack_layout):
-        q, k, v, prefix = query[row], key[row], value[row], layout.prefix
-        if prefix:
-            head = F.scaled_dot_product_attention(q[:, :prefix], k[:, :prefix], v[:, :prefix], is_causal=True,
-                                                  scale=scale, enable_gqa=group > 1)
-            out[row, :prefix] = head.transpose(0, 1).to(out.dtype)
-        if not layout.index.numel():
-            continue
-        branches, longest = layout.index.shape
-        qb = q[:, layout.index].view(kv_heads, group, branches, longest, dim)
-        kb, vb = k[:, layout.index], v[:, layout.index]                      # (kv heads, branches, longest, d)
-        to_prefix = torch.einsum("kgnid,kpd->kgnip", qb, k[:, :prefix]) * scale
-        to_self = torch.einsum("kgnid,knjd->kgnij", qb, kb) * scale
-        to_self = to_self.masked_fill(~layout.own, float("-inf"))
-        weights = torch.cat([to_prefix, to_self], -1).float().softmax(-1).to(v.dtype)
-        mixed = (torch.einsum("kgnip,kpd->kgnid", weights[..., :prefix], v[:, :prefix])
-                 + torch.einsum("kgnij,knjd->kgnid", weights[..., prefix:], vb))
-        mixed = mixed.reshape(heads, branches * longest, dim)
-        keep = layout.valid.reshape(-1)
-        out[row, layout.index.reshape(-1)[keep]] = mixed[:, keep].transpose(0, 1).to(out.dtype)
-    return out, None
-
-
-def _register_branch_attention() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-
-    AttentionInterface.register(BRANCH_ATTENTION, branch_attention)
-    # the packs' 4-D mask is passed as is; this entry only matters to a call without one
-    AttentionMaskInterface.register(BRANCH_ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
-
-
-@contextmanager
-def attention_by_branches(model):
-    """Within `with`: every config of `model` (unwrapped or not) uses branch_attention; restored on exit, so a
-    model saved or scored afterwards keeps its own attention implementation."""
-    _register_branch_attention()
-    configs = {id(m.config): m.config for m in model.modules()
-               if hasattr(getattr(m, "config", None), "_attn_implementation")}
-    before = {key: config._attn_implementation for key, config in configs.items()}
-    try:
-        for key, config in configs.items():
-            if before[key] == "sdpa":
-                config._attn_implementation = BRANCH_ATTENTION
-        yield
-    finally:
-        for key, config in configs.items():
-            config._attn_implementation = before[key]
+    return PackedBatch(ids, mask[:, None], positions, next_ids, branch, packs)
 
 
 class LayerOutputs:
@@ -291,9 +175,8 @@ def packed_forward(model, batch: PackedBatch, hidden_layers=()) -> dict:
     """
     rows, cols = batch.loss_positions.unbind(1)
     columns, where = torch.unique(cols, return_inverse=True)
-    with LayerOutputs(model, hidden_layers) as hidden, attention_by_branches(model):
-        logits = model(**batch.model_inputs(), logits_to_keep=columns, use_cache=False,
-                       pack_layout=batch.layout or None).logits[rows, where]
+    with LayerOutputs(model, hidden_layers) as hidden:
+        logits = model(**batch.model_inputs(), logits_to_keep=columns, use_cache=False).logits[rows, where]
     branches_before = torch.tensor([0] + [len(p.branches) for p in batch.packs[:-1]], device=rows.device).cumsum(0)
     branch = branches_before[rows] + batch.branch_index[rows, cols] - 1
     return {"logits": logits, "labels": batch.next_ids[rows, cols], "branch": branch, "hidden": dict(hidden)}

@@ -123,36 +123,3 @@ def test_an_example_that_cannot_fit_is_skipped_and_counted(concert_examples):
     with pytest.warns(UserWarning, match="skipped 1 example"):
         data = data_for(concert_examples, tokenizer, max_seq_len=limit)
     assert len(data) == 4 and data.too_long[0].index == 4
-
-
-def test_branch_attention_is_what_packed_training_runs_and_equals_the_masked_path(concert_examples, monkeypatch):
-    from dataclasses import replace
-
-    from sqlcopilot_core import packing
-
-    model, tokenizer = tiny_model_and_tokenizer(seed=6)
-    assert model.config.num_key_value_heads < model.config.num_attention_heads  # grouped heads, as SmolLM2
-    data = data_for(concert_examples, tokenizer)
-    prefix_len = len(data.encoded[0].prefix_ids)
-    longest = max(e.branch_length for e in data.encoded)
-    batch = collate_packs(pack_examples(data.encoded, prefix_len + 2 * longest, "3"), tokenizer.pad_token_id)
-    assert len(batch.packs) >= 2 and (batch.branch_index == -1).any()
-    calls = []
-    real = packing.branch_attention
-
-    def counting(*args, **kwargs):
-        calls.append(kwargs.get("pack_layout") is not None)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(packing, "branch_attention", counting)
-    by_branches = packing.packed_forward(model, batch, hidden_layers=[0, 1])
-    assert calls and all(calls) and len(calls) == model.config.num_hidden_layers
-    calls.clear()
-    masked = packing.packed_forward(model, replace(batch, layout=[]), hidden_layers=[0, 1])
-    assert calls and not any(calls)  # no layout: transformers' sdpa with the 4-D mask
-    assert model.config._attn_implementation == "sdpa"  # restored: a saved model keeps its own implementation
-    torch.testing.assert_close(by_branches["logits"], masked["logits"], rtol=0, atol=1e-4)
-    real_tokens = batch.real_tokens
-    for layer in (0, 1):
-        torch.testing.assert_close(by_branches["hidden"][layer][real_tokens], masked["hidden"][layer][real_tokens],
-                                   rtol=0, atol=1e-4)
