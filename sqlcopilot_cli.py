@@ -146,6 +146,8 @@ def cmd_ask(args) -> int:
             print(json.dumps(answer, default=str))
             continue
         print(f"-- {answer['question']}  ({answer['db']}, {answer['seconds']:.2f} s)")
+        if answer.get("fallback"):
+            print(f"-- {answer['fallback']}")
         if answer.get("tried"):
             print(f"-- {args.decoding} decoding: candidate {answer['chosen'] + 1} of {answer['candidates']} chosen "
                   f"after trying {answer['tried']}"

@@ -169,6 +169,25 @@ def hf_beam_generate(model, prompt_ids: Sequence[int], num_beams: int, max_new_t
     return beam_search(stepper.first_logits, stepper, num_beams, max_new_tokens, eos_id, stop_ids, constraint)
 
 
+NO_CONSTRAINED_CANDIDATE = ("the schema constraint ended every beam before a statement was complete: "
+                            "decoded again without it")
+
+
+def decode_with_fallback(decode, constrained: bool):
+    """`decode(constrained) -> (candidates, extra)`, once; when the constrained search ends with no candidate at all
+    (every beam reached a token the constraint refuses), once more without the constraint, so the answer is still
+    SQL to show, try and explain (its error says why it fails). Returns (candidates, extra, note or None)."""
+    candidates, extra = decode(constrained)
+    if constrained and not candidates:
+        candidates, again = decode(False)
+        # the answer's times are both searches' (a number in both is summed; anything else is the second's)
+        number = (int, float)
+        extra = {key: extra[key] + value if isinstance(value, number) and not isinstance(value, bool)
+                 and isinstance(extra.get(key), number) else value for key, value in again.items()}
+        return candidates, extra, NO_CONSTRAINED_CANDIDATE
+    return candidates, extra, None
+
+
 # --- the execution-guided choice ------------------------------------------------------------------------------
 
 

@@ -93,7 +93,7 @@ def decode_prompts(runtime: Runtime, tokenizer, prompts: list[tuple[list[int], l
     prefix, so with prefix_reuse the runner computes each database's schema once."""
     from tqdm import tqdm
 
-    from sqlcopilot_core.beams import answer_from_candidates
+    from sqlcopilot_core.beams import answer_from_candidates, decode_with_fallback
     from sqlcopilot_core.cpp_runtime import CppRunner
 
     order = sorted(range(len(prompts)), key=lambda i: (tuple(prompts[i][0]), i))
@@ -115,12 +115,16 @@ def decode_prompts(runtime: Runtime, tokenizer, prompts: list[tuple[list[int], l
                 from sqlcopilot_core.sqlconstraint import constraint_spec
 
                 extra = {"constraint": constraint_spec(db_path)}
-            candidates, timing = runner.beams(ids, width, decoding.max_new_tokens, prefix_len=prefix_len,
-                                              stop_at_statement_end=True, **extra)
+            candidates, timing, note = decode_with_fallback(
+                lambda constrained: runner.beams(ids, width, decoding.max_new_tokens, prefix_len=prefix_len,
+                                                 stop_at_statement_end=True, **(extra if constrained else {})),
+                decoding.constrained)
             answers[i] = {**timing, **answer_from_candidates(candidates, tokenizer, db_path,
                                                              decoding.decoding == "guided",
                                                              timeout_s=decoding.exec_timeout_s,
                                                              prefer_nonempty=decoding.prefer_nonempty)}
+            if note:
+                answers[i]["fallback"] = note
     return answers
 
 

@@ -192,7 +192,7 @@ def predict_details(model, tokenizer, examples: list[Example], config: PredictCo
     Examples are grouped by their schema prefix: with `prefix_reuse` it is computed once per group and every
     question's prompt continues from its cache (the tokens are those of a full prefill: tests/core/test_beams.py).
     """
-    from sqlcopilot_core.beams import answer_from_candidates, hf_beam_generate, prefix_cache
+    from sqlcopilot_core.beams import answer_from_candidates, decode_with_fallback, hf_beam_generate, prefix_cache
     from sqlcopilot_core.sqlconstraint import SchemaConstraint
 
     chosen = examples[:config.limit] if config.limit is not None else examples
@@ -233,11 +233,15 @@ def predict_details(model, tokenizer, examples: list[Example], config: PredictCo
                             constraints[db_path] = SchemaConstraint.for_database(db_path, tokenizer)
                         constraint = constraints[db_path]
                     width = 1 if config.decoding == "greedy" else config.num_beams
-                    candidates = hf_beam_generate(model, prompts[i], width, config.max_new_tokens, eos_id,
-                                                  stop_ids, constraint, prefix=cache)
+                    candidates, _, note = decode_with_fallback(
+                        lambda constrained: (hf_beam_generate(model, prompts[i], width, config.max_new_tokens, eos_id,
+                                                              stop_ids, constraint if constrained else None,
+                                                              prefix=cache), {}), constraint is not None)
                     answers[i] = answer_from_candidates(candidates, tokenizer, db_path, config.decoding == "guided",
                                                         timeout_s=config.exec_timeout_s,
                                                         prefer_nonempty=config.prefer_nonempty)
+                    if note:
+                        answers[i]["fallback"] = note
                     bar.update(1)
     finally:
         model.train(was_training)

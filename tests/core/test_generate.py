@@ -6,7 +6,7 @@ from transformers import GenerationConfig
 
 from sqlcopilot_core.evaluation import read_predictions
 from sqlcopilot_core.generate import (PredictConfig, decode_tokens_per_s, example_prompt_ids, greedy_generate,
-                                      greedy_generate_ids, predict_examples, write_predictions_jsonl)
+                                      greedy_generate_ids, predict_details, predict_examples, write_predictions_jsonl)
 from sqlcopilot_core.modeling import tiny_model_and_tokenizer
 from sqlcopilot_core.prompting import PromptSettings, Prompter, example_prompt
 from sqlcopilot_core.spider import Example
@@ -116,3 +116,30 @@ def test_guided_and_constrained_decoding_record_their_choice(pet_examples, tiny)
         PredictConfig(decoding="sampled")
     with pytest.raises(ValueError, match="num_beams"):
         PredictConfig(decoding="beam", num_beams=0)
+
+
+def test_constrained_search_with_no_candidate_answers_from_an_unconstrained_one(pet_examples, tiny, monkeypatch):
+    """A question for which the schema constraint ends every beam (crafted: it refuses every token) still gets SQL
+    to show and try, decoded without the constraint, and the answer says so."""
+    from sqlcopilot_core.beams import NO_CONSTRAINED_CANDIDATE, decode_with_fallback, hf_beam_generate
+    from sqlcopilot_core.sqlconstraint import SchemaConstraint
+
+    model, tokenizer = tiny
+    monkeypatch.setattr(SchemaConstraint, "advance", lambda self, state, token: None)
+    constraint = SchemaConstraint.for_database(pet_examples[0].db_path, tokenizer)
+    prompt = tokenizer("SELECT").input_ids
+    assert hf_beam_generate(model, prompt, 2, 4, tokenizer.eos_token_id, constraint=constraint) == []
+    calls = []
+
+    def decode(constrained):
+        calls.append(constrained)
+        found = hf_beam_generate(model, prompt, 2, 4, tokenizer.eos_token_id,
+                                 constraint=constraint if constrained else None)
+        return found, {"decode_ms": 2.0, "prefix_reused": constrained}
+
+    candidates, extra, note = decode_with_fallback(decode, True)
+    assert calls == [True, False] and len(candidates) == 2 and note == NO_CONSTRAINED_CANDIDATE
+    assert extra == {"decode_ms": 4.0, "prefix_reused": False}  # both searches' time
+    config = PredictConfig(max_new_tokens=4, limit=2, decoding="guided", num_beams=2, constrained=True)
+    answers = predict_details(model, tokenizer, pet_examples, config, progress=False)
+    assert all(a["fallback"] == NO_CONSTRAINED_CANDIDATE and a["candidates"] == 2 for a in answers)
