@@ -176,15 +176,13 @@ NO_CONSTRAINED_CANDIDATE = ("the schema constraint ended every beam before a sta
 def decode_with_fallback(decode, constrained: bool):
     """`decode(constrained) -> (candidates, extra)`, once; when the constrained search ends with no candidate at all
     (every beam reached a token the constraint refuses), once more without the constraint, so the answer is still
-    SQL to show, try and explain (its error says why it fails). Returns (candidates, extra, note or None)."""
+    SQL to show, try and explain (its error says why it fails). Returns (candidates, extra, note or None); after a
+    fallback `extra` is the second search's, with the first one's under `constrained_<key>`."""
     candidates, extra = decode(constrained)
     if constrained and not candidates:
         candidates, again = decode(False)
-        # the answer's times are both searches' (a number in both is summed; anything else is the second's)
-        number = (int, float)
-        extra = {key: extra[key] + value if isinstance(value, number) and not isinstance(value, bool)
-                 and isinstance(extra.get(key), number) else value for key, value in again.items()}
-        return candidates, extra, NO_CONSTRAINED_CANDIDATE
+        return candidates, {**again, **{f"constrained_{key}": value for key, value in extra.items()}}, \
+            NO_CONSTRAINED_CANDIDATE
     return candidates, extra, None
 
 

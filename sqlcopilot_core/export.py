@@ -87,20 +87,38 @@ def export_model(model_dir: str | Path, out_dir: str | Path, config: ExportConfi
         raise ExportError(f"{out_dir}: output folder is not empty")
     if not prompts:
         raise ExportError("export needs at least one prompt for its parity check")
-    # everything is written into a sibling folder and renamed into place last, so a run killed half way never
-    # leaves a folder that looks like an export (the stage's own staging folder gets the same treatment)
-    staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    if out_dir.exists():  # an empty folder given (maybe a mount point): written in place, manifest.json last
+        return _export_into(model_dir, out_dir, config, prompts, out_dir)
+    # a new folder: written beside it and renamed into place last, so a run killed half way leaves nothing that
+    # looks like an export; what such a run left is removed by the next export to the same place
+    _remove_dead_partials(out_dir)
+    staging = out_dir.parent / f"{PARTIAL_PREFIX.format(name=out_dir.name)}{os.getpid()}"
     staging.mkdir(parents=True)
     try:
         manifest = _export_into(model_dir, staging, config, prompts, out_dir)
-        if out_dir.exists():
-            out_dir.rmdir()  # empty, checked above
         os.replace(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
+
+
+PARTIAL_PREFIX = ".{name}.partial-"
+
+
+def _remove_dead_partials(out_dir: Path) -> None:
+    """Remove `.{name}.partial-{pid}` folders beside out_dir whose process is gone (killed exports)."""
+    prefix = PARTIAL_PREFIX.format(name=out_dir.name)
+    for path in out_dir.parent.glob(f"{prefix}*") if out_dir.parent.is_dir() else []:
+        pid = path.name[len(prefix):]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, another user's
 
 
 def _export_into(model_dir: Path, out_dir: Path, config: ExportConfig, prompts: list[str], final_dir: Path) -> dict:

@@ -17,7 +17,9 @@ prompt's part of it):
 - a table after FROM / JOIN is not followed by `.` (`JOIN t.c` reads as database `t`, table `c`);
 - clause order, per parenthesis depth: SELECT opens a query (at the start, after `(` or a set operator), then
   FROM (JOIN, ON), WHERE, GROUP BY, HAVING, ORDER BY, LIMIT, OFFSET, each at most once and in that order, and a set
-  operator never after ORDER BY or LIMIT (SQLite refuses each of these); a number is at most 24 characters. Beams
+  operator never after ORDER BY or LIMIT (SQLite refuses each of these); a depth whose first clause word is not
+  SELECT (`OVER (ORDER BY ...)`, `FILTER (WHERE ...)`, VALUES) keeps no order, and a FROM after the FROM clause is
+  `IS [NOT] DISTINCT FROM`; a number is at most 24 characters. Beams
   that would start a second query after a finished one, or repeat `ORDER BY ... LIMIT 1` until the token limit,
   stop there;
 - where the statement ends (the scope check, `_end`): every bare column name is a column of a table the statement
@@ -56,7 +58,20 @@ CLAUSE_RANKS = {"select": (0, 0, 1), "from": (1, 1, 2), "join": (2, 2, 2), "on":
                 "group": (1, 3, 4), "having": (1, 4, 5), "order": (1, 5, 6), "limit": (1, 6, 7),
                 "offset": (7, 7, 8), "union": (1, 5, 0), "intersect": (1, 5, 0), "except": (1, 5, 0)}
 """word: (lowest rank, highest rank, new rank); rank 0: no clause yet (start, after `(` or a set operator)."""
+FREE_RANK = 99
+"""The rank of a depth that is not a query: a parenthesis (or a text) whose first clause word is not SELECT, such as
+`OVER (ORDER BY ...)`, `FILTER (WHERE ...)`, `VALUES (...)`: no order is kept there."""
 MAX_NUMBER = 24
+
+
+def next_rank(rank: int, word: str) -> int | None:
+    """The clause-order rank after clause word `word` (a CLAUSE_RANKS key), or None when it cannot come here."""
+    if rank == FREE_RANK or (rank == 0 and word != "select"):
+        return FREE_RANK
+    if word == "from" and rank >= 2:
+        return rank  # IS [NOT] DISTINCT FROM
+    low, high, new = CLAUSE_RANKS[word]
+    return new if low <= rank <= high else None
 
 
 def _has_prefix(names: list[str], prefix: str) -> bool:
@@ -303,8 +318,8 @@ class SchemaConstraint:
     def _keyword(self, state: State, word: str) -> State | None:
         clauses = state.clauses
         if word in CLAUSE_RANKS:
-            low, high, rank = CLAUSE_RANKS[word]
-            if not low <= state.ranks[-1] <= high:
+            rank = next_rank(state.ranks[-1], word)
+            if rank is None:
                 return None
             state = replace(state, ranks=state.ranks[:-1] + (rank,))
         if word == "from":

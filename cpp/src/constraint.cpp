@@ -207,7 +207,15 @@ inline const ClauseRank* clause_rank(int action) {
   }
 }
 
-constexpr size_t kMaxNumber = 24;  // sqlconstraint.MAX_NUMBER
+constexpr int kFreeRank = 99;      // sqlconstraint.FREE_RANK: a depth that is not a query keeps no clause order
+constexpr size_t kMaxNumber = 24;  // sqlconstraint.MAX_NUMBER, in characters
+
+// Characters (code points) of a UTF-8 string: what Python's len() counts.
+inline size_t code_points(const std::string& text) {
+  size_t count = 0;
+  for (unsigned char byte : text) count += (byte & 0xC0) != 0x80;
+  return count;
+}
 
 inline int keyword_action(const std::string& word) {
   const auto& table = keyword_table();
@@ -488,7 +496,7 @@ bool SchemaConstraint::feed_char(State& s, uint32_t cp, const char* bytes, size_
   }
   const uint8_t flags = classify(cp);
   if ((flags & kAlnumChar) || cp == '_' || (cp == '.' && starts_with_digit(s.word))) {
-    if (s.word.size() >= kMaxNumber && starts_with_digit(s.word)) return false;
+    if (starts_with_digit(s.word) && code_points(s.word) >= kMaxNumber) return false;
     append_lower(s.word, cp, bytes, length);
     return true;
   }
@@ -669,10 +677,16 @@ bool SchemaConstraint::complete(State& s, uint32_t next) const {
 }
 
 bool SchemaConstraint::keyword(State& s, int action) const {
-  if (const ClauseRank* order = clause_rank(action)) {
+  if (const ClauseRank* order = clause_rank(action)) {  // sqlconstraint.next_rank
     const int now = static_cast<unsigned char>(s.ranks.back());
-    if (now < order->low || now > order->high) return false;
-    s.ranks.back() = static_cast<char>(order->rank);
+    if (now == kFreeRank || (now == 0 && action != kSelect)) {
+      s.ranks.back() = static_cast<char>(kFreeRank);
+    } else if (action == kFrom && now >= 2) {
+      // IS [NOT] DISTINCT FROM: the rank stays
+    } else {
+      if (now < order->low || now > order->high) return false;
+      s.ranks.back() = static_cast<char>(order->rank);
+    }
   }
   switch (action) {
     case kFrom:

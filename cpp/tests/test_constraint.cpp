@@ -125,7 +125,7 @@ int main() {
     auto c = pets(vocab);
     expect_rejected(c, "SELECT name FROM pets)", 21);
     expect_rejected(c, "SELECT count(name) FROM pets WHERE (age > 1", 43);  // end-of-text with a parenthesis open
-    expect_rejected(c, "SELECT count(name FROM pets", 22);  // FROM inside count( before any SELECT there
+    expect_rejected(c, "SELECT count(name FROM pets", 27);  // end-of-text with a parenthesis open
   });
   run("clauses come once each, in SQL's order", [&] {
     auto c = pets(vocab);
@@ -133,6 +133,11 @@ int main() {
                        "OFFSET 2", 20);
     expect_accepted(c, "SELECT name FROM pets WHERE age > 1 UNION SELECT name FROM pets ORDER BY name LIMIT 1", 17);
     expect_accepted(c, "SELECT name FROM pets WHERE age = (SELECT max(age) FROM pets ORDER BY age LIMIT 1)", 16);
+    // a depth that is not a query keeps no order; a later FROM is IS [NOT] DISTINCT FROM
+    expect_accepted(c, "SELECT sum(age) OVER (PARTITION BY name ORDER BY age) FROM pets", 12);
+    expect_accepted(c, "SELECT count(*) FILTER (WHERE age > 1) FROM pets", 8);
+    expect_accepted(c, "SELECT name FROM pets WHERE age IS NOT DISTINCT FROM (SELECT max(age) FROM pets)", 15);
+    expect_accepted(c, "VALUES (1) UNION SELECT age FROM pets", 7);
     expect_rejected(c, "SELECT name FROM pets ORDER BY age LIMIT 1 ORDER BY", 48);
     expect_rejected(c, "SELECT name FROM pets LIMIT 1 SELECT", 36);
     expect_rejected(c, "SELECT name FROM pets ORDER BY age UNION", 40);

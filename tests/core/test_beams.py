@@ -144,7 +144,11 @@ def test_constraint_keeps_clauses_in_sql_order(pets_db, tiny):
     runs = ["SELECT name FROM pets WHERE age > 1 GROUP BY name HAVING count(*) > 1 ORDER BY name LIMIT 1 OFFSET 2",
             "SELECT name FROM pets WHERE age > 1 UNION SELECT owner_name FROM owners ORDER BY 1 LIMIT 2",
             "SELECT name FROM pets WHERE age = (SELECT max(age) FROM pets ORDER BY age LIMIT 1) ORDER BY name",
-            "SELECT count(*) FROM pets AS T1 JOIN owners AS T2 ON T1.id = T2.pet_id JOIN pets AS T3 ON T3.id = T1.id"]
+            "SELECT count(*) FROM pets AS T1 JOIN owners AS T2 ON T1.id = T2.pet_id JOIN pets AS T3 ON T3.id = T1.id",
+            # a parenthesis that is not a query keeps no order; a later FROM is IS [NOT] DISTINCT FROM
+            "SELECT name, sum(age) OVER (PARTITION BY name ORDER BY age) FROM pets",
+            "SELECT count(*) FILTER (WHERE age > 1) FROM pets", "VALUES (1) UNION SELECT age FROM pets",
+            "SELECT name FROM pets WHERE age IS NOT DISTINCT FROM (SELECT max(age) FROM pets) LIMIT 2, 1"]
     fails = ["SELECT name FROM pets ORDER BY age LIMIT 1 ORDER BY age LIMIT 1", "SELECT name FROM pets LIMIT 1 "
              "SELECT name FROM pets", "SELECT name FROM pets ORDER BY age UNION SELECT owner_name FROM owners",
              "SELECT name FROM pets WHERE age > 1 JOIN owners ON pets.id = owners.pet_id",

@@ -267,5 +267,16 @@ def test_an_export_stopped_half_way_leaves_nothing_that_looks_like_an_export(mod
         export_model(model_dir, tmp_path / "out", ExportConfig(max_seq_len=64), PROMPTS[:1])
     assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())
     monkeypatch.undo()
+    killed = tmp_path / ".out.partial-999999999"  # what a SIGKILLed export leaves (no such process)
+    killed.mkdir()
+    (killed / "decoder.pt").write_bytes(b"half")
     manifest = export_model(model_dir, tmp_path / "out", ExportConfig(max_seq_len=64), PROMPTS[:1])  # runs again
     assert load_exported(tmp_path / "out").manifest["files"] == manifest["files"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # the dead run's partial folder is gone
+
+
+def test_export_into_an_existing_empty_folder_writes_in_place(model_dir, tmp_path):
+    (tmp_path / "mounted").mkdir()
+    export_model(model_dir, tmp_path / "mounted", ExportConfig(max_seq_len=64), PROMPTS[:1])
+    assert load_exported(tmp_path / "mounted").manifest["graph"] == "decoder.pt"
+    assert [p.name for p in tmp_path.iterdir()] == ["mounted"]

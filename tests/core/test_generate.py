@@ -139,7 +139,8 @@ def test_constrained_search_with_no_candidate_answers_from_an_unconstrained_one(
 
     candidates, extra, note = decode_with_fallback(decode, True)
     assert calls == [True, False] and len(candidates) == 2 and note == NO_CONSTRAINED_CANDIDATE
-    assert extra == {"decode_ms": 4.0, "prefix_reused": False}  # both searches' time
+    assert extra == {"decode_ms": 2.0, "prefix_reused": False,  # the second search's, and the first one's
+                     "constrained_decode_ms": 2.0, "constrained_prefix_reused": True}
     config = PredictConfig(max_new_tokens=4, limit=2, decoding="guided", num_beams=2, constrained=True)
     answers = predict_details(model, tokenizer, pet_examples, config, progress=False)
     assert all(a["fallback"] == NO_CONSTRAINED_CANDIDATE and a["candidates"] == 2 for a in answers)
