@@ -151,7 +151,9 @@ PRINTF_BOMB = "printf('%.*c', 2000000000, 'x')"
 def test_single_call_bombs_stop_at_the_limit_and_are_reported(db, sql):
     started = time.monotonic()
     result = execute_readonly(db, sql, timeout_s=BOMB_TIMEOUT_S)
-    assert time.monotonic() - started < BOMB_TIMEOUT_S + 1
+    # stopped, not run to the end (that takes minutes or the memory of the machine); the margin is for a loaded
+    # machine, where starting the replacement worker alone took over a second
+    assert time.monotonic() - started < BOMB_TIMEOUT_S + 15
     assert result.error_kind in ("timeout", "limit"), result
     assert result.rows is None and result.error
 
