@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from sqlcopilot_core.artifacts import file_checksums, sha256_file
 from sqlcopilot_core.config import ConfigError, config_to_dict
+from sqlcopilot_core.lifetime import identity_alive, process_identity
 from sqlcopilot_core.generate import statement_end_ids
 from sqlcopilot_core.decoder import Decoder, beam_generate, greedy_generate
 
@@ -92,7 +93,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, config: ExportConfi
     # a new folder: written beside it and renamed into place last, so a run killed half way leaves nothing that
     # looks like an export; what such a run left is removed by the next export to the same place
     _remove_dead_partials(out_dir)
-    staging = out_dir.parent / f"{PARTIAL_PREFIX.format(name=out_dir.name)}{os.getpid()}"
+    staging = out_dir.parent / f"{PARTIAL_PREFIX.format(name=out_dir.name)}{process_identity(os.getpid())}"
     staging.mkdir(parents=True)
     try:
         manifest = _export_into(model_dir, staging, config, prompts, out_dir)
@@ -107,18 +108,13 @@ PARTIAL_PREFIX = ".{name}.partial-"
 
 
 def _remove_dead_partials(out_dir: Path) -> None:
-    """Remove `.{name}.partial-{pid}` folders beside out_dir whose process is gone (killed exports)."""
+    """Remove `.{name}.partial-<process identity>` folders beside out_dir whose process has ended (killed exports;
+    lifetime.identity_alive, so a reused pid or another host's run is not mistaken for the owner)."""
     prefix = PARTIAL_PREFIX.format(name=out_dir.name)
     for path in out_dir.parent.glob(f"{prefix}*") if out_dir.parent.is_dir() else []:
-        pid = path.name[len(prefix):]
-        if not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        identity = path.name[len(prefix):]
+        if identity.count(":") >= 2 and identity_alive(identity) is False:
             shutil.rmtree(path, ignore_errors=True)
-        except PermissionError:
-            pass  # alive, another user's
 
 
 def _export_into(model_dir: Path, out_dir: Path, config: ExportConfig, prompts: list[str], final_dir: Path) -> dict:

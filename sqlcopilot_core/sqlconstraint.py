@@ -19,9 +19,8 @@ prompt's part of it):
   FROM (JOIN, ON), WHERE, GROUP BY, HAVING, ORDER BY, LIMIT, OFFSET, each at most once and in that order, and a set
   operator never after ORDER BY or LIMIT (SQLite refuses each of these); a depth whose first clause word is not
   SELECT (`OVER (ORDER BY ...)`, `FILTER (WHERE ...)`, VALUES) keeps no order, and a FROM after the FROM clause is
-  `IS [NOT] DISTINCT FROM`; a number is at most 24 characters. Beams
-  that would start a second query after a finished one, or repeat `ORDER BY ... LIMIT 1` until the token limit,
-  stop there;
+  `IS [NOT] DISTINCT FROM`; a number is at most 24 characters. Beams that would start a second query after a
+  finished one, or repeat `ORDER BY ... LIMIT 1` until the token limit, stop there;
 - where the statement ends (the scope check, `_end`): every bare column name is a column of a table the statement
   names (anywhere in it: subqueries may read their outer query's tables), an alias or a result name it defines
   (anywhere: `SELECT max(name) FROM (SELECT count(*) AS name FROM owners)`), and every `X.y` has an X that is a

@@ -112,6 +112,19 @@ def test_constraint_rejects_names_the_database_does_not_have(pets_db, tiny):
     assert state is not None and constraint.advance(state, tokenizer.eos_token_id) is None
 
 
+def agrees_with_sqlite(db, constraint, runs, fails, fail_end: str) -> None:
+    """Every query of `runs` runs in SQLite and the constraint lets it end; every one of `fails` fails in SQLite and
+    the constraint refuses it (+ `fail_end`)."""
+    with sqlite3.connect(db) as conn:
+        for sql in runs:
+            conn.execute(sql).fetchall()
+            assert constraint.accepts(sql + ";"), sql
+        for sql in fails:
+            with pytest.raises(sqlite3.Error):
+                conn.execute(sql).fetchall()
+            assert not constraint.accepts(sql + fail_end), sql
+
+
 def test_constraint_checks_scope_where_the_statement_ends(pets_db, tiny):
     """A query whose columns belong to a table it never reads is a valid prefix but cannot end (';' or end of text):
     the beam must add the table or lose to one that can; queries SQLite runs all end."""
@@ -124,14 +137,7 @@ def test_constraint_checks_scope_where_the_statement_ends(pets_db, tiny):
             "SELECT name FROM pets UNION SELECT owner_name FROM owners", "SELECT p.name FROM pets p"]
     fails = ["SELECT owner_name FROM pets", "SELECT T1.name FROM owners AS T1", "SELECT T2.name FROM pets AS T1",
              "SELECT name FROM pets JOIN pets.id", "SELECT owners.owner_name FROM pets", "SELECT name"]
-    with sqlite3.connect(pets_db) as conn:
-        for sql in runs:
-            conn.execute(sql).fetchall()
-            assert constraint.accepts(sql + ";"), sql
-        for sql in fails:
-            with pytest.raises(sqlite3.Error):
-                conn.execute(sql).fetchall()
-            assert not constraint.accepts(sql + ";"), sql
+    agrees_with_sqlite(pets_db, constraint, runs, fails, fail_end=";")
     assert constraint.accepts("SELECT owner_name FROM pets")  # a prefix: `JOIN owners` can still come
     state = constraint.feed(constraint.start(), "SELECT owner_name FROM pets")
     assert constraint.advance(state, tiny[1].eos_token_id) is None
@@ -153,14 +159,8 @@ def test_constraint_keeps_clauses_in_sql_order(pets_db, tiny):
              "SELECT name FROM pets", "SELECT name FROM pets ORDER BY age UNION SELECT owner_name FROM owners",
              "SELECT name FROM pets WHERE age > 1 JOIN owners ON pets.id = owners.pet_id",
              "SELECT name FROM pets GROUP BY name HAVING count(*) > 1 GROUP BY age"]
-    with sqlite3.connect(pets_db) as conn:
-        for sql in runs:
-            conn.execute(sql).fetchall()
-            assert constraint.accepts(sql + ";"), sql
-        for sql in fails:
-            with pytest.raises(sqlite3.Error):
-                conn.execute(sql).fetchall()
-            assert not constraint.accepts(sql), sql  # refused where the misplaced clause starts, not only at the end
+    # refused where the misplaced clause starts, not only where the statement ends
+    agrees_with_sqlite(pets_db, constraint, runs, fails, fail_end="")
     assert constraint.accepts("SELECT name FROM pets LIMIT " + "9" * 24)
     assert not constraint.accepts("SELECT name FROM pets LIMIT " + "9" * 25)  # digits without end
 

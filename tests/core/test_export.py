@@ -267,7 +267,8 @@ def test_an_export_stopped_half_way_leaves_nothing_that_looks_like_an_export(mod
         export_model(model_dir, tmp_path / "out", ExportConfig(max_seq_len=64), PROMPTS[:1])
     assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())
     monkeypatch.undo()
-    killed = tmp_path / ".out.partial-999999999"  # what a SIGKILLed export leaves (no such process)
+    import socket
+    killed = tmp_path / f".out.partial-{socket.gethostname()}:999999999:0"  # a SIGKILLed export's (no such process)
     killed.mkdir()
     (killed / "decoder.pt").write_bytes(b"half")
     manifest = export_model(model_dir, tmp_path / "out", ExportConfig(max_seq_len=64), PROMPTS[:1])  # runs again
