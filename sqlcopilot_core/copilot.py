@@ -10,6 +10,7 @@ database's schema prefix is computed once for all questions about it. The SQL is
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from sqlcopilot_core.artifacts import load_artifact
 from sqlcopilot_core.prompting import Prompter, PromptSettings, extract_sql, model_prompt_settings
 
 EXPORT_SUBDIR = "model"
+# prompts of one database sent to the runner in one request, decoded together (CppRunner.beams_batch)
+BATCH_PROMPTS = 64
 
 
 @dataclass(frozen=True)
@@ -90,41 +93,65 @@ def decode_prompts(runtime: Runtime, tokenizer, prompts: list[tuple[list[int], l
                    progress: bool = True) -> list[dict[str, Any]]:
     """One answer per (prefix ids, branch ids, database) prompt, through the C++ runner: {"sql", "candidates",
     "tried", "rejected", "error", "prefill_ms", "decode_ms", "prefix_reused", ...}. Prompts are sent grouped by
-    prefix, so with prefix_reuse the runner computes each database's schema once."""
+    prefix; with prefix_reuse the runner computes each database's schema once and decodes the group's questions
+    together (`CppRunner.beams_batch`: one decode step advances the beams of several questions), at most
+    BATCH_PROMPTS a request."""
     from tqdm import tqdm
 
     from sqlcopilot_core.beams import answer_from_candidates, decode_with_fallback
     from sqlcopilot_core.cpp_runtime import CppRunner
+    from sqlcopilot_core.sqlconstraint import constraint_spec
 
     order = sorted(range(len(prompts)), key=lambda i: (tuple(prompts[i][0]), i))
     answers: list[dict[str, Any]] = [{} for _ in prompts]
-    with CppRunner(runtime.runner, runtime.export_dir) as runner:
-        for i in tqdm(order, desc=f"generate (C++, {decoding.decoding})", unit="prompt", disable=not progress):
-            prefix, branch, db_path = prompts[i]
-            ids = list(prefix) + list(branch)
-            prefix_len = len(prefix) if decoding.prefix_reuse and branch else 0
-            if decoding.decoding == "greedy" and not decoding.constrained:
-                (tokens, timing), = runner.generate([ids], decoding.max_new_tokens, prefix_len=prefix_len,
-                                                    stop_at_statement_end=True)
-                answers[i] = {"sql": extract_sql(tokenizer.decode(tokens, skip_special_tokens=True)),
-                              "candidates": 1, **timing}
-                continue
-            width = 1 if decoding.decoding == "greedy" else decoding.num_beams
-            extra = {}
-            if decoding.constrained:
-                from sqlcopilot_core.sqlconstraint import constraint_spec
+    width = 1 if decoding.decoding == "greedy" else decoding.num_beams
+    guided = decoding.decoding == "guided"
+    specs: dict[str, dict] = {}
 
-                extra = {"constraint": constraint_spec(db_path)}
-            candidates, timing, note = decode_with_fallback(
-                lambda constrained: runner.beams(ids, width, decoding.max_new_tokens, prefix_len=prefix_len,
-                                                 stop_at_statement_end=True, **(extra if constrained else {})),
-                decoding.constrained)
-            answers[i] = {**timing, **answer_from_candidates(candidates, tokenizer, db_path,
-                                                             decoding.decoding == "guided",
-                                                             timeout_s=decoding.exec_timeout_s,
-                                                             prefer_nonempty=decoding.prefer_nonempty)}
-            if note:
-                answers[i]["fallback"] = note
+    def spec(db_path) -> dict | None:
+        if not decoding.constrained:
+            return None
+        if str(db_path) not in specs:
+            specs[str(db_path)] = constraint_spec(db_path)
+        return specs[str(db_path)]
+
+    def answer(i: int, candidates, timing: dict, note: str | None) -> None:
+        answers[i] = {**timing, **answer_from_candidates(candidates, tokenizer, prompts[i][2], guided,
+                                                          timeout_s=decoding.exec_timeout_s,
+                                                          prefer_nonempty=decoding.prefer_nonempty)}
+        if note:
+            answers[i]["fallback"] = note
+
+    with CppRunner(runtime.runner, runtime.export_dir) as runner, \
+            tqdm(total=len(prompts), desc=f"generate (C++, {decoding.decoding})", unit="prompt",
+                 disable=not progress) as bar:
+        def decode_one(i: int, prefix_len: int, constrained: bool):
+            prefix, branch, db_path = prompts[i]
+            return runner.beams(list(prefix) + list(branch), width, decoding.max_new_tokens, prefix_len=prefix_len,
+                                stop_at_statement_end=True, constraint=spec(db_path) if constrained else None)
+
+        if not decoding.prefix_reuse:
+            for i in order:
+                answer(i, *decode_with_fallback(lambda constrained: decode_one(i, 0, constrained),
+                                                decoding.constrained))
+                bar.update()
+            return answers
+        for _, group in itertools.groupby(order, key=lambda i: tuple(prompts[i][0])):
+            group = list(group)
+            for start in range(0, len(group), BATCH_PROMPTS):
+                chunk = group[start:start + BATCH_PROMPTS]
+                # a prompt with no branch (the whole prompt is its schema) keeps no prefix, as one alone would
+                found, _ = runner.beams_batch(
+                    [(list(prompts[i][0]) + list(prompts[i][1]), len(prompts[i][0]) if prompts[i][1] else 0)
+                     for i in chunk], width, decoding.max_new_tokens, stop_at_statement_end=True,
+                    constraints=[spec(prompts[i][2]) for i in chunk])
+                for i, result in zip(chunk, found):
+                    prefix_len = len(prompts[i][0]) if prompts[i][1] else 0
+                    answer(i, *decode_with_fallback(
+                        lambda constrained, result=result, i=i, prefix_len=prefix_len:
+                        result if constrained == decoding.constrained else decode_one(i, prefix_len, False),
+                        decoding.constrained))
+                bar.update(len(chunk))
     return answers
 
 

@@ -103,7 +103,29 @@ class CppRunner:
                    "stop_at_eos": stop_at_eos, **self._decode_fields(prefix_len, stop_ids, stop_at_statement_end)}
         if constraint is not None:
             request["constraint"] = constraint
-        reply = self._request(request)
+        return self._beams_of(self._request(request))
+
+    def beams_batch(self, prompts: list[tuple[list[int], int]], num_beams: int, max_new_tokens: int,
+                    stop_ids: Iterable[int] = (), stop_at_statement_end: bool = False, stop_at_eos: bool = True,
+                    constraints: list[dict | None] | None = None) -> tuple[list[tuple[list[Candidate], dict]], float]:
+        """Beam candidates of several (ids, prefix_len) prompts, each as `beams` gives them, decoded together by the
+        runner: prompts of one prefix (a database's schema) share it and each of the runner's decode steps advances
+        the beams of all of them at once. `constraints[i]`: prompt i's schema constraint (or None). Returns the
+        per-prompt (candidates, timings) in order and the batch's milliseconds; a prompt's decode_ms is its time from
+        start to end, shared with the others."""
+        constraints = constraints or [None] * len(prompts)
+        items = []
+        for (ids, prefix_len), constraint in zip(prompts, constraints, strict=True):
+            item = {"input_ids": list(map(int, ids)), "num_beams": num_beams, "max_new_tokens": max_new_tokens,
+                    "stop_at_eos": stop_at_eos, **self._decode_fields(prefix_len, stop_ids, stop_at_statement_end)}
+            if constraint is not None:
+                item["constraint"] = constraint
+            items.append(item)
+        reply = self._request({"batch": items})
+        return [self._beams_of(one) for one in reply["replies"]], reply["batch_ms"]
+
+    @staticmethod
+    def _beams_of(reply: dict) -> tuple[list[Candidate], dict]:
         candidates = [Candidate(tuple(beam["output_ids"]), beam["score"]) for beam in reply["beams"]]
         return candidates, {key: reply[key] for key in ("prefill_ms", "decode_ms", "steps", "new_tokens", "decode",
                                                         "prefix_reused")}

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -9,16 +10,11 @@ namespace sqlcopilot {
 
 namespace {
 
-struct Live {
-  std::vector<int64_t> tokens;
-  double score = 0.0;
-  SchemaConstraint::State state;  // the constraint's state after these tokens (unused without one)
-};
-
 // The candidates of one step in the walk's order (score descending, flat index ascending), produced lazily: the
 // best k by one pass with a small heap, k widened fourfold whenever the walk goes past them.
 class Walk {
  public:
+  template <typename Live>
   Walk(const at::Tensor& logprobs, const std::vector<Live>& live, int64_t want) : vocab_(logprobs.size(1)) {
     const at::Tensor lp = logprobs.contiguous();
     const float* values = lp.const_data_ptr<float>();
@@ -74,66 +70,90 @@ class Walk {
 
 }  // namespace
 
-BeamSearchResult beam_search(const at::Tensor& first_logits, const BeamStep& step, int64_t num_beams,
-                             int64_t max_new_tokens, int64_t eos_id, const std::unordered_set<int64_t>& stop_ids,
-                             const BeamAllow& allow, SchemaConstraint* constraint) {
+BeamSearch::BeamSearch(const at::Tensor& first_logits, int64_t num_beams, int64_t max_new_tokens, int64_t eos_id,
+                       std::unordered_set<int64_t> stop_ids, BeamAllow allow, SchemaConstraint* constraint)
+    : num_beams_(num_beams), max_new_tokens_(max_new_tokens), eos_id_(eos_id), stop_ids_(std::move(stop_ids)),
+      allow_(std::move(allow)), constraint_(constraint) {
   if (num_beams < 1 || max_new_tokens < 1)
     throw std::invalid_argument("beam_search: num_beams (" + std::to_string(num_beams) + ") and max_new_tokens (" +
                                 std::to_string(max_new_tokens) + ") must be at least 1");
-  BeamSearchResult result;
-  std::vector<Hypothesis> finished;
-  std::vector<Live> live{Live{}};
-  if (constraint) live[0].state = constraint->start();
-  at::Tensor logprobs = first_logits.to(at::kFloat).reshape({1, -1}).log_softmax(-1);
-  for (int64_t length = 1; length <= max_new_tokens; ++length) {
-    const bool last = length == max_new_tokens;
-    std::vector<Live> chosen;
-    std::vector<int64_t> parents, tokens;
-    const auto walk_start = std::chrono::steady_clock::now();
-    Walk walk(logprobs, live, num_beams);
-    // At the last step every accepted candidate finishes and the walk would run through all of them; once
-    // num_beams of them hold a token (not end-of-text) none after them can rank among the best num_beams (scores are
-    // at most 0, so a lower one is no better after dividing by its length, equal or one shorter), so it stops there.
-    int64_t last_full = 0;
-    for (int64_t flat = walk.next(); flat >= 0; flat = walk.next()) {
-      const int64_t beam = flat / walk.vocab(), token = flat % walk.vocab();
-      if (allow && !allow(beam, token)) continue;
-      std::optional<SchemaConstraint::State> state;
-      if (constraint) {
-        state = constraint->advance(live[beam].state, token);
-        ++result.constraint_checks;
-        if (!state) continue;
-      }
-      const double score = walk.total(flat);
-      const std::vector<int64_t>& so_far = live[beam].tokens;
-      if (eos_id >= 0 && token == eos_id) {
-        finished.push_back(Hypothesis{so_far, score});
-      } else if (stop_ids.count(token) || last) {
-        finished.push_back(Hypothesis{so_far, score});
-        finished.back().tokens.push_back(token);
-        if (last && ++last_full == num_beams) break;
-      } else {
-        chosen.push_back(Live{so_far, score, state ? std::move(*state) : SchemaConstraint::State()});
-        chosen.back().tokens.push_back(token);
-        parents.push_back(beam);
-        tokens.push_back(token);
-        if (static_cast<int64_t>(chosen.size()) == num_beams) break;
-      }
+  live_.push_back(Live{});
+  if (constraint_) live_[0].state = constraint_->start();
+  walk(first_logits.to(at::kFloat).reshape({1, -1}).log_softmax(-1));
+}
+
+void BeamSearch::advance(const at::Tensor& logits) {
+  if (done_) throw std::logic_error("BeamSearch::advance after the search ended");
+  ++result_.steps;
+  ++length_;
+  walk(logits.to(at::kFloat).log_softmax(-1));
+}
+
+// One step's walk over the candidates of the live beams (logprobs [live, V]) at token `length_`.
+void BeamSearch::walk(const at::Tensor& logprobs) {
+  const bool last = length_ == max_new_tokens_;
+  std::vector<Live> chosen;
+  tokens_.clear();
+  parents_.clear();
+  const auto walk_start = std::chrono::steady_clock::now();
+  Walk walk(logprobs, live_, num_beams_);
+  // At the last step every accepted candidate finishes and the walk would run through all of them; once
+  // num_beams of them hold a token (not end-of-text) none after them can rank among the best num_beams (scores are
+  // at most 0, so a lower one is no better after dividing by its length, equal or one shorter), so it stops there.
+  int64_t last_full = 0;
+  for (int64_t flat = walk.next(); flat >= 0; flat = walk.next()) {
+    const int64_t beam = flat / walk.vocab(), token = flat % walk.vocab();
+    if (allow_ && !allow_(beam, token)) continue;
+    std::optional<SchemaConstraint::State> state;
+    if (constraint_) {
+      state = constraint_->advance(live_[beam].state, token);
+      ++result_.constraint_checks;
+      if (!state) continue;
     }
-    result.walk_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - walk_start).count();
-    if (static_cast<int64_t>(finished.size()) >= num_beams || chosen.empty()) break;
-    live = std::move(chosen);
-    logprobs = step(tokens, parents).to(at::kFloat).log_softmax(-1);
-    ++result.steps;
+    const double score = walk.total(flat);
+    const std::vector<int64_t>& so_far = live_[beam].tokens;
+    if (eos_id_ >= 0 && token == eos_id_) {
+      finished_.push_back(Hypothesis{so_far, score});
+    } else if (stop_ids_.count(token) || last) {
+      finished_.push_back(Hypothesis{so_far, score});
+      finished_.back().tokens.push_back(token);
+      if (last && ++last_full == num_beams_) break;
+    } else {
+      chosen.push_back(Live{so_far, score, state ? std::move(*state) : SchemaConstraint::State()});
+      chosen.back().tokens.push_back(token);
+      parents_.push_back(beam);
+      tokens_.push_back(token);
+      if (static_cast<int64_t>(chosen.size()) == num_beams_) break;
+    }
   }
-  std::vector<size_t> ranked(finished.size());
+  result_.walk_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - walk_start).count();
+  if (static_cast<int64_t>(finished_.size()) >= num_beams_ || chosen.empty()) {
+    done_ = true;
+    tokens_.clear();
+    parents_.clear();
+    return;
+  }
+  live_ = std::move(chosen);
+}
+
+BeamSearchResult BeamSearch::result() {
+  std::vector<size_t> ranked(finished_.size());
   for (size_t i = 0; i < ranked.size(); ++i) ranked[i] = i;
   std::stable_sort(ranked.begin(), ranked.end(), [&](size_t a, size_t b) {
-    return finished[a].normalized() > finished[b].normalized();
+    return finished_[a].normalized() > finished_[b].normalized();
   });
-  for (size_t i = 0; i < ranked.size() && static_cast<int64_t>(i) < num_beams; ++i)
-    result.hypotheses.push_back(std::move(finished[ranked[i]]));
+  BeamSearchResult result = result_;
+  for (size_t i = 0; i < ranked.size() && static_cast<int64_t>(i) < num_beams_; ++i)
+    result.hypotheses.push_back(std::move(finished_[ranked[i]]));
   return result;
+}
+
+BeamSearchResult beam_search(const at::Tensor& first_logits, const BeamStep& step, int64_t num_beams,
+                             int64_t max_new_tokens, int64_t eos_id, const std::unordered_set<int64_t>& stop_ids,
+                             const BeamAllow& allow, SchemaConstraint* constraint) {
+  BeamSearch search(first_logits, num_beams, max_new_tokens, eos_id, stop_ids, allow, constraint);
+  while (!search.done()) search.advance(step(search.tokens(), search.parents()));
+  return search.result();
 }
 
 }  // namespace sqlcopilot

@@ -592,9 +592,9 @@ int64_t KernelDecoder::step(int64_t token, int64_t pos, const std::vector<at::Te
   if (pos < 0 || pos >= max_seq_len_) throw std::invalid_argument("position " + std::to_string(pos) +
                                                                   " is outside the cache");
   if (caches.size() != 2 * layers_.size()) throw std::invalid_argument("expected one key and one value cache per layer");
-  const Span span{pos + 1, 0, 0};
-  if (bf16_) run_as<bf16>(&token, 1, pos, span, caches, nullptr);
-  else run_as<float>(&token, 1, pos, span, caches, nullptr);
+  const Span span{pos + 1, 0, &pos, nullptr};
+  if (bf16_) run_as<bf16>(&token, 1, span, caches, nullptr);
+  else run_as<float>(&token, 1, span, caches, nullptr);
   // the first largest logit (NaN counts as largest, as torch.argmax has it)
   auto largest = [](const auto* logits, int64_t n) {
     int64_t best = 0;
@@ -611,38 +611,56 @@ int64_t KernelDecoder::step(int64_t token, int64_t pos, const std::vector<at::Te
 
 at::Tensor KernelDecoder::step_rows(const std::vector<int64_t>& tokens, int64_t pos, int64_t prompt_len,
                                     const std::vector<at::Tensor>& caches, const std::vector<at::Tensor>& beam_caches) {
+  std::vector<int64_t> cache_rows(tokens.size());
+  for (size_t n = 0; n < cache_rows.size(); ++n) cache_rows[n] = static_cast<int64_t>(n);
+  return step_rows(tokens, std::vector<int64_t>(tokens.size(), pos), cache_rows, prompt_len, caches, beam_caches);
+}
+
+at::Tensor KernelDecoder::step_rows(const std::vector<int64_t>& tokens, const std::vector<int64_t>& positions,
+                                    const std::vector<int64_t>& cache_rows, int64_t shared_len,
+                                    const std::vector<at::Tensor>& caches, const std::vector<at::Tensor>& beam_caches) {
   const auto rows = static_cast<int64_t>(tokens.size());
   if (rows < 1 || rows > kMaxRows)
     throw std::invalid_argument(std::to_string(rows) + " beam rows: the kernels decode 1 to " +
                                 std::to_string(kMaxRows) + " together");
+  if (positions.size() != tokens.size() || cache_rows.size() != tokens.size())
+    throw std::invalid_argument("step_rows: one position and one cache row per token");
   for (int64_t token : tokens) check_token(token);
-  if (prompt_len < 1 || pos < prompt_len || pos >= max_seq_len_)
-    throw std::invalid_argument("position " + std::to_string(pos) + " after a prompt of " +
-                                std::to_string(prompt_len) + " is outside the cache");
   if (caches.size() != 2 * layers_.size() || beam_caches.size() != 2 * layers_.size())
     throw std::invalid_argument("expected one key and one value cache per layer, shared and per beam");
-  const int64_t capacity = beam_caches[0].size(2);
+  const int64_t capacity = beam_caches[0].size(2), cache_row_count = beam_caches[0].size(0);
   const auto expected = bf16_ ? at::kBFloat16 : at::kFloat;
   for (size_t i = 0; i < beam_caches.size(); ++i) {
     const at::Tensor& cache = beam_caches[i];
-    if (cache.dim() != 4 || cache.size(0) < rows || cache.size(1) != layers_[i / 2].kv_heads ||
+    if (cache.dim() != 4 || cache.size(0) != cache_row_count || cache.size(1) != layers_[i / 2].kv_heads ||
         cache.size(2) != capacity || cache.size(3) != head_dim_ || !cache.is_contiguous() ||
         cache.scalar_type() != expected)
-      throw std::invalid_argument("beam cache " + std::to_string(i) + " is not a contiguous [" + std::to_string(rows) +
-                                  "+, kv_heads, capacity, head_dim] tensor of the model's dtype");
+      throw std::invalid_argument("beam cache " + std::to_string(i) + " is not a contiguous [rows, kv_heads, " +
+                                  "capacity, head_dim] tensor of the model's dtype like the first");
   }
-  if (pos - prompt_len >= capacity)
-    throw std::invalid_argument("beam slot " + std::to_string(pos - prompt_len) + " exceeds the beam caches' " +
-                                std::to_string(capacity));
-  const Span span{prompt_len, pos - prompt_len + 1, capacity};
-  if (bf16_) run_as<bf16>(tokens.data(), rows, pos, span, caches, &beam_caches);
-  else run_as<float>(tokens.data(), rows, pos, span, caches, &beam_caches);
+  std::vector<bool> taken(static_cast<size_t>(cache_row_count), false);
+  for (int64_t n = 0; n < rows; ++n) {
+    const int64_t pos = positions[n], row = cache_rows[n];
+    if (shared_len < 1 || pos < shared_len || pos >= max_seq_len_)
+      throw std::invalid_argument("position " + std::to_string(pos) + " after a shared prompt of " +
+                                  std::to_string(shared_len) + " is outside the cache");
+    if (pos - shared_len >= capacity)
+      throw std::invalid_argument("beam slot " + std::to_string(pos - shared_len) + " exceeds the beam caches' " +
+                                  std::to_string(capacity));
+    if (row < 0 || row >= cache_row_count || taken[row])
+      throw std::invalid_argument("cache row " + std::to_string(row) + " is outside 0.." +
+                                  std::to_string(cache_row_count - 1) + " or used by two rows");
+    taken[row] = true;
+  }
+  const Span span{shared_len, capacity, positions.data(), cache_rows.data()};
+  if (bf16_) run_as<bf16>(tokens.data(), rows, span, caches, &beam_caches);
+  else run_as<float>(tokens.data(), rows, span, caches, &beam_caches);
   return logits_.narrow(0, 0, rows).narrow(1, 0, vocab_).to(at::kFloat).contiguous();
 }
 
 template <typename T>
-void KernelDecoder::run_as(const int64_t* tokens, int64_t rows, int64_t pos, const Span& span,
-                           const std::vector<at::Tensor>& caches, const std::vector<at::Tensor>* beam_caches) {
+void KernelDecoder::run_as(const int64_t* tokens, int64_t rows, const Span& span, const std::vector<at::Tensor>& caches,
+                           const std::vector<at::Tensor>* beam_caches) {
   auto ptr = [](const at::Tensor& t) { return reinterpret_cast<T*>(t.data_ptr()); };
   auto cptr = [](const at::Tensor& t) { return reinterpret_cast<const T*>(t.const_data_ptr()); };
   last_rows_ = rows;
@@ -655,10 +673,19 @@ void KernelDecoder::run_as(const int64_t* tokens, int64_t rows, int64_t pos, con
   // row strides of the scratch
   const int64_t xs = x_.size(1), qs = qkv_.size(1), gs = gate_up_.size(1), as = act_.size(1), ls = logits_.size(1);
   const int64_t ns = normed_.size(2), qrs = queries_.size(2);
-  const T* cos = cptr(cos_) + pos * head_dim_;
-  const T* sin = cptr(sin_) + pos * head_dim_;
   const float scale = static_cast<float>(scale_);
-  const int64_t hd = head_dim_, total = span.shared + span.own;
+  const int64_t hd = head_dim_;
+  // per row: its own slots (the last one new) and its rotary tables; `total` spans the longest row
+  int64_t own[kMaxRows];
+  const T* cos[kMaxRows];
+  const T* sin[kMaxRows];
+  int64_t total = span.shared;
+  for (int64_t n = 0; n < rows; ++n) {
+    own[n] = beam_caches ? span.positions[n] - span.shared + 1 : 0;
+    total = std::max(total, span.shared + own[n]);
+    cos[n] = cptr(cos_) + span.positions[n] * head_dim_;
+    sin[n] = cptr(sin_) + span.positions[n] * head_dim_;
+  }
   const int64_t share_stride = shares_.size(1) * shares_.size(2), state_stride = shares_.size(2);
 
   // One team run per token: every member walks all layers, taking its rows of each matrix product (for all beam
@@ -701,35 +728,37 @@ void KernelDecoder::run_as(const int64_t* tokens, int64_t rows, int64_t pos, con
       // This member's share of the attended positions (shared ones, then the row's own); the member holding the
       // new position first writes its rotated key and its value.
       const auto [first, end] = share(total, thread, threads, 16);
-      if (first <= total - 1 && total - 1 < end) {
-        for (int64_t n = 0; n < rows; ++n) {
-          const T* row = qkv + n * qs;
-          for (int64_t g = 0; g < layer.kv_heads; ++g) {
-            const int64_t at_shared = (g * max_seq_len_ + span.shared - 1) * hd;
-            const int64_t at_own = n * own_row + (g * span.capacity + span.own - 1) * hd;
-            T* key = span.own ? k_own + at_own : k_cache + at_shared;
-            T* value = span.own ? v_own + at_own : v_cache + at_shared;
-            rotate(row + (layer.heads + g) * hd, key, cos, sin, hd);
-            std::copy(row + (layer.heads + layer.kv_heads + g) * hd, row + (layer.heads + layer.kv_heads + g + 1) * hd,
-                      value);
-          }
+      for (int64_t n = 0; n < rows; ++n) {
+        const int64_t last = span.shared + own[n] - 1;  // the row's new position among those attended
+        if (last < first || last >= end) continue;
+        const T* row = qkv + n * qs;
+        const int64_t cache_row = own[n] ? span.cache_rows[n] : 0;
+        for (int64_t g = 0; g < layer.kv_heads; ++g) {
+          const int64_t at_shared = (g * max_seq_len_ + span.shared - 1) * hd;
+          const int64_t at_own = cache_row * own_row + (g * span.capacity + own[n] - 1) * hd;
+          T* key = own[n] ? k_own + at_own : k_cache + at_shared;
+          T* value = own[n] ? v_own + at_own : v_cache + at_shared;
+          rotate(row + (layer.heads + g) * hd, key, cos[n], sin[n], hd);
+          std::copy(row + (layer.heads + layer.kv_heads + g) * hd, row + (layer.heads + layer.kv_heads + g + 1) * hd,
+                    value);
         }
       }
       // Per key/value head, every row's queries in turn: this member's share of the shared cache is read from
       // memory once and from the caches after that.
       Segments<T> segments{nullptr, nullptr, std::min(first, span.shared), std::min(end, span.shared),
-                           nullptr, nullptr, std::max(first, span.shared) - span.shared,
-                           std::max(end, span.shared) - span.shared, span.shared};
+                           nullptr, nullptr, std::max(first, span.shared) - span.shared, 0, span.shared};
       for (int64_t g = 0; g < layer.kv_heads; ++g) {
         segments.keys = k_cache + g * max_seq_len_ * hd;
         segments.values = v_cache + g * max_seq_len_ * hd;
         for (int64_t n = 0; n < rows; ++n) {
-          segments.own_keys = span.own ? k_own + n * own_row + g * span.capacity * hd : nullptr;
-          segments.own_values = span.own ? v_own + n * own_row + g * span.capacity * hd : nullptr;
+          const int64_t own_base = own[n] ? span.cache_rows[n] * own_row + g * span.capacity * hd : 0;
+          segments.own_keys = own[n] ? k_own + own_base : nullptr;
+          segments.own_values = own[n] ? v_own + own_base : nullptr;
+          segments.own_end = std::min(std::max(end, span.shared) - span.shared, own[n]);
           for (int64_t j = g * group; j < (g + 1) * group; ++j) {
             float* state = shares + thread * share_stride + (n * layer.heads + j) * state_stride;
             T* query = queries + n * qrs + j * hd;
-            rotate(qkv + n * qs + j * hd, query, cos, sin, hd);
+            rotate(qkv + n * qs + j * hd, query, cos[n], sin[n], hd);
             attend_share(query, segments, hd, scale, scores, state, state + 2);
           }
         }

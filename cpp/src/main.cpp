@@ -12,6 +12,10 @@
 //                           (steps + 1: the tokens the longest beams decoded), "prefill_ms", "decode_ms", "decode",
 //                           "prefix_reused", "walk_ms" (the part of decode_ms spent choosing candidates, the
 //                           constraint included) and "constraint_checks" (candidates the constraint was asked about)
+//   "batch": [request, ...] beam requests (each with the fields below; num_beams 1 when absent) decoded together:
+//                           when they share a prefix ("prefix_len", the same ids: questions about one database) the
+//                           kernels advance the beams of all of them in one step (Runner::beams_batch); the reply is
+//                           {"id", "replies": [beam reply, ...] in order, "batch_ms"}
 //   "prefix_len": P         input_ids[:P] is a reusable prefix (a database's schema): its cache is kept (the last
 //                           few, least recently used dropped) and a later request with the same prefix prefills only
 //                           the rest; "prefix_reused" says whether it did
@@ -28,6 +32,7 @@
 // that wait for a descheduled partner slow a 2-thread decode about twentyfold.
 #include <ATen/Parallel.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <iostream>
 #include <string>
@@ -100,10 +105,9 @@ sqlcopilot::DecodeOptions decode_options(const sqlcopilot::Json& request, const 
   return options;
 }
 
-sqlcopilot::Json beams_reply(sqlcopilot::Runner& runner, const std::vector<int64_t>& input_ids, int64_t num_beams,
-                             int64_t max_new, const sqlcopilot::DecodeOptions& options, const sqlcopilot::Json& id) {
+sqlcopilot::Json beams_reply(const sqlcopilot::Runner& runner, const sqlcopilot::BeamGeneration& found,
+                             const sqlcopilot::Json& id) {
   using sqlcopilot::Json;
-  const auto found = runner.beams(input_ids, num_beams, max_new, options);
   std::vector<Json> beams;
   for (const auto& beam : found.beams)
     beams.push_back(Json::of_object({{"output_ids", ids_json(beam.tokens)},
@@ -121,20 +125,55 @@ sqlcopilot::Json beams_reply(sqlcopilot::Runner& runner, const std::vector<int64
                           {"prefix_reused", Json::of_bool(found.prefix_reused)}});
 }
 
+// A request's prompt, token limit, beams (1 when absent) and options.
+sqlcopilot::BeamRequest beam_request(sqlcopilot::Runner& runner, const sqlcopilot::Json& request,
+                                     int64_t default_max_new_tokens) {
+  using sqlcopilot::Json;
+  sqlcopilot::BeamRequest out;
+  for (const Json& token : request.at("input_ids").as_array()) out.input_ids.push_back(token.as_int());
+  out.max_new_tokens = request.has("max_new_tokens") ? request.at("max_new_tokens").as_int() : default_max_new_tokens;
+  out.num_beams = request.has("num_beams") ? request.at("num_beams").as_int() : 1;
+  out.options = decode_options(request, runner.manifest());
+  if (request.has("constraint")) out.options.constraint = runner.constraint(request.at("constraint"));
+  return out;
+}
+
+// {"batch": [request, ...]}: beam requests decoded together (Runner::beams_batch); the reply's "replies" hold one
+// beam reply per request, in order, and "batch_ms" the whole batch's time.
+sqlcopilot::Json batch_reply(sqlcopilot::Runner& runner, const sqlcopilot::Json& request, int64_t default_max_new_tokens,
+                             const sqlcopilot::Json& id) {
+  using sqlcopilot::Json;
+  std::vector<sqlcopilot::BeamRequest> requests;
+  const auto& items = request.at("batch").as_array();
+  for (size_t i = 0; i < items.size(); ++i) {
+    try {
+      requests.push_back(beam_request(runner, items[i], default_max_new_tokens));
+    } catch (const std::exception& error) {
+      throw std::invalid_argument("batch prompt " + std::to_string(i) + ": " + error.what());
+    }
+  }
+  const auto start = std::chrono::steady_clock::now();
+  const auto found = runner.beams_batch(requests);
+  const double batch_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  std::vector<Json> replies;
+  for (const auto& generation : found) replies.push_back(beams_reply(runner, generation, Json()));
+  return Json::of_object({{"id", id}, {"replies", Json::of_array(std::move(replies))},
+                          {"batch_ms", Json::of_number(batch_ms)}});
+}
+
 sqlcopilot::Json reply_for(sqlcopilot::Runner& runner, const std::string& line, int64_t default_max_new_tokens) {
   using sqlcopilot::Json;
   Json id;
   try {
     Json request = Json::parse(line);
     if (request.has("id")) id = request.at("id");
-    std::vector<int64_t> input_ids;
-    for (const Json& token : request.at("input_ids").as_array()) input_ids.push_back(token.as_int());
-    const int64_t max_new = request.has("max_new_tokens") ? request.at("max_new_tokens").as_int()
-                                                          : default_max_new_tokens;
-    auto options = decode_options(request, runner.manifest());
-    if (request.has("constraint")) options.constraint = runner.constraint(request.at("constraint"));
+    if (request.has("batch")) return batch_reply(runner, request, default_max_new_tokens, id);
+    const auto beam = beam_request(runner, request, default_max_new_tokens);
+    const std::vector<int64_t>& input_ids = beam.input_ids;
+    const int64_t max_new = beam.max_new_tokens;
+    const auto& options = beam.options;
     if (request.has("num_beams"))
-      return beams_reply(runner, input_ids, request.at("num_beams").as_int(), max_new, options, id);
+      return beams_reply(runner, runner.beams(input_ids, beam.num_beams, max_new, options), id);
     const bool want_logits = request.has("return_logits") && request.at("return_logits").as_bool();
     auto generation = runner.generate(input_ids, max_new, want_logits, options);
     std::map<std::string, Json> reply{{"id", id},

@@ -180,21 +180,26 @@ at::Tensor Runner::prefill(const std::vector<int64_t>& input_ids, int64_t prefix
   if (!module_.find_method("prefill_at"))
     throw std::invalid_argument("this export's graph has no prefill_at (it predates prefix reuse); re-run the export "
                                 "stage");
-  std::vector<int64_t> prefix(input_ids.begin(), input_ids.begin() + prefix_len);
-  at::Tensor logits;
-  auto kept = std::find_if(prefixes_.begin(), prefixes_.end(), [&](const Prefix& p) { return p.ids == prefix; });
-  if (kept != prefixes_.end()) {
-    for (size_t i = 0; i < cache_tensors_.size(); ++i) cache_tensors_[i].narrow(2, 0, prefix_len).copy_(kept->caches[i]);
-    logits = kept->logits;
-    prefixes_.splice(prefixes_.begin(), prefixes_, kept);
-    *reused = true;
-  } else {
-    logits = module_.get_method("prefill_at")({ids_tensor(prefix.data(), prefix_len), int64_t{0}, caches_}).toTensor();
-    remember_prefix(std::move(prefix), logits);
-  }
+  const at::Tensor logits = prefill_prefix({input_ids.begin(), input_ids.begin() + prefix_len}, reused);
   if (prefix_len == length) return logits;
   return module_.get_method("prefill_at")({ids_tensor(input_ids.data() + prefix_len, length - prefix_len), prefix_len,
                                           caches_}).toTensor();
+}
+
+at::Tensor Runner::prefill_prefix(const std::vector<int64_t>& prefix, bool* reused) {
+  const auto prefix_len = static_cast<int64_t>(prefix.size());
+  *reused = false;
+  auto kept = std::find_if(prefixes_.begin(), prefixes_.end(), [&](const Prefix& p) { return p.ids == prefix; });
+  if (kept != prefixes_.end()) {
+    for (size_t i = 0; i < cache_tensors_.size(); ++i) cache_tensors_[i].narrow(2, 0, prefix_len).copy_(kept->caches[i]);
+    prefixes_.splice(prefixes_.begin(), prefixes_, kept);
+    *reused = true;
+    return kept->logits;
+  }
+  const at::Tensor ids = torch::from_blob(const_cast<int64_t*>(prefix.data()), {1, prefix_len}, torch::kLong).clone();
+  at::Tensor logits = module_.get_method("prefill_at")({ids, int64_t{0}, caches_}).toTensor();
+  remember_prefix(prefix, logits);
+  return logits;
 }
 
 void Runner::remember_prefix(std::vector<int64_t> ids, const at::Tensor& logits) {
@@ -313,6 +318,144 @@ BeamGeneration Runner::beams(const std::vector<int64_t>& input_ids, int64_t num_
   result.constraint_checks = found.constraint_checks;
   result.decode_ms = elapsed_ms(start);
   return result;
+}
+
+std::vector<BeamGeneration> Runner::beams_batch(const std::vector<BeamRequest>& requests) {
+  std::vector<BeamGeneration> results;
+  if (requests.empty()) return results;
+  const BeamRequest& head = requests.front();
+  const int64_t prefix_len = head.options.prefix_len;
+  bool together = kernel_ && requests.size() > 1 && prefix_len > 0;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const BeamRequest& request = requests[i];
+    try {
+      check_prompt(request.input_ids, request.options);
+      if (request.num_beams < 1 || request.num_beams > kMaxBeams)
+        throw std::invalid_argument("num_beams " + std::to_string(request.num_beams) + " is outside 1.." +
+                                    std::to_string(kMaxBeams));
+    } catch (const std::invalid_argument& error) {
+      throw std::invalid_argument("batch prompt " + std::to_string(i) + ": " + error.what());
+    }
+    together = together && request.options.prefix_len == prefix_len &&
+               std::equal(head.input_ids.begin(), head.input_ids.begin() + prefix_len, request.input_ids.begin());
+  }
+  if (!together) {
+    for (const BeamRequest& request : requests)
+      results.push_back(beams(request.input_ids, request.num_beams, request.max_new_tokens, request.options));
+    return results;
+  }
+  results.resize(requests.size());
+
+  c10::InferenceMode inference;
+  auto start = std::chrono::steady_clock::now();
+  bool reused = false;
+  const at::Tensor prefix_logits = prefill_prefix({head.input_ids.begin(), head.input_ids.begin() + prefix_len},
+                                                  &reused);
+  const double prefix_ms = elapsed_ms(start);
+
+  // Row caches: a prompt's own tokens (after the prefix) and then what its beams generate, kMaxRows rows.
+  auto limit_of = [&](const BeamRequest& r) {  // a full cache ends decoding like the token limit
+    return std::min(r.max_new_tokens, manifest_.max_seq_len - static_cast<int64_t>(r.input_ids.size()) + 1);
+  };
+  int64_t capacity = 1;
+  for (const BeamRequest& r : requests)
+    capacity = std::max(capacity, static_cast<int64_t>(r.input_ids.size()) - prefix_len + limit_of(r) - 1);
+  std::vector<at::Tensor> row_caches;
+  for (const at::Tensor& cache : cache_tensors_)
+    row_caches.push_back(at::empty({kMaxBeams, cache.size(1), capacity, cache.size(3)}, cache.options()));
+
+  struct Active {
+    size_t index;                         // of the request
+    std::vector<int64_t> rows;            // the row cache rows it holds (num_beams of them)
+    std::unique_ptr<BeamSearch> search;
+    int64_t filled = 0;                   // slots written in its rows: own prompt tokens, then fed tokens
+    std::chrono::steady_clock::time_point started;
+  };
+  std::vector<Active> active;
+  std::vector<int64_t> free_rows;
+  for (int64_t row = kMaxBeams - 1; row >= 0; --row) free_rows.push_back(row);
+  size_t next = 0;
+  auto finish = [&](Active& a) {
+    auto found = a.search->result();
+    BeamGeneration& out = results[a.index];
+    out.beams = std::move(found.hypotheses);
+    out.steps = found.steps;
+    out.walk_ms = found.walk_ms;
+    out.constraint_checks = found.constraint_checks;
+    out.decode_ms = elapsed_ms(a.started);
+    free_rows.insert(free_rows.end(), a.rows.begin(), a.rows.end());
+  };
+  while (true) {
+    // start prompts while rows are free
+    while (next < requests.size() && static_cast<int64_t>(free_rows.size()) >= requests[next].num_beams) {
+      const BeamRequest& request = requests[next];
+      const auto begin = std::chrono::steady_clock::now();
+      const auto length = static_cast<int64_t>(request.input_ids.size());
+      const int64_t own = length - prefix_len;
+      at::Tensor first = prefix_logits;
+      Active a;
+      a.index = next++;
+      for (int64_t b = 0; b < request.num_beams; ++b) {
+        a.rows.push_back(free_rows.back());
+        free_rows.pop_back();
+      }
+      if (own > 0) {  // the prompt's own tokens go through the shared cache after the prefix, then to its first row
+        const at::Tensor ids = torch::from_blob(const_cast<int64_t*>(request.input_ids.data() + prefix_len), {1, own},
+                                                torch::kLong).clone();
+        first = module_.get_method("prefill_at")({ids, prefix_len, caches_}).toTensor();
+        for (size_t i = 0; i < cache_tensors_.size(); ++i)
+          row_caches[i][a.rows[0]].narrow(1, 0, own).copy_(cache_tensors_[i][0].narrow(1, prefix_len, own));
+      }
+      a.filled = own;
+      BeamGeneration& out = results[a.index];
+      out.prefix_reused = reused || a.index > 0;
+      out.prefill_ms = elapsed_ms(begin) + (a.index == 0 ? prefix_ms : 0.0);
+      a.started = std::chrono::steady_clock::now();
+      const int64_t eos = request.options.stop_at_eos ? manifest_.eos_token_id : -1;
+      a.search = std::make_unique<BeamSearch>(
+          first, request.num_beams, limit_of(request), eos,
+          std::unordered_set<int64_t>(request.options.stop_ids.begin(), request.options.stop_ids.end()), nullptr,
+          request.options.constraint.get());
+      if (a.search->done()) finish(a);
+      else active.push_back(std::move(a));
+    }
+    if (active.empty()) break;
+    // one step for every live beam of every prompt in progress
+    std::vector<int64_t> tokens, positions, rows;
+    for (Active& a : active) {
+      const auto& parents = a.search->parents();
+      if (a.filled > 0) {  // row j of the prompt becomes a copy of row parents[j]
+        std::vector<int64_t> from, to;
+        for (size_t j = 0; j < parents.size(); ++j) {
+          from.push_back(a.rows[parents[j]]);
+          to.push_back(a.rows[j]);
+        }
+        const auto from_index = torch::tensor(from, torch::kLong), to_index = torch::tensor(to, torch::kLong);
+        for (at::Tensor& cache : row_caches) {
+          at::Tensor filled = cache.narrow(2, 0, a.filled);
+          filled.index_copy_(0, to_index, filled.index_select(0, from_index));
+        }
+      }
+      for (size_t j = 0; j < parents.size(); ++j) {
+        tokens.push_back(a.search->tokens()[j]);
+        positions.push_back(prefix_len + a.filled);
+        rows.push_back(a.rows[j]);
+      }
+    }
+    const at::Tensor logits = kernel_->step_rows(tokens, positions, rows, prefix_len, cache_tensors_, row_caches);
+    int64_t offset = 0;
+    std::vector<Active> still;
+    for (Active& a : active) {
+      const auto count = static_cast<int64_t>(a.search->tokens().size());
+      a.search->advance(logits.narrow(0, offset, count));
+      offset += count;
+      ++a.filled;
+      if (a.search->done()) finish(a);
+      else still.push_back(std::move(a));
+    }
+    active = std::move(still);
+  }
+  return results;
 }
 
 }  // namespace sqlcopilot

@@ -111,6 +111,48 @@ def test_prefix_reuse_gives_the_full_prefill_tokens(built, tiny_exports, decode,
         assert whole == again == exported.generate_exported(prompts[0], NEW_TOKENS) and timings["prefix_reused"]
 
 
+@pytest.mark.parametrize("decode, threads", PATHS)
+@pytest.mark.parametrize("export", ["float32", "pruned"])
+def test_questions_decoded_together_give_their_tokens_alone(built, tiny_exports, decode, threads, export):
+    """A batch of questions about one schema (rows of one decode step, started as rows free up: 16 rows hold four
+    questions of 4 beams, so the fifth and sixth wait for one to end) gives each question the candidates it gets
+    alone, with 1 and 4 beams, with statement stops, and with the whole prompt as the prefix."""
+    skip_without_kernels(decode)
+    exported = load_exported(tiny_exports[export])
+    tokenizer = exported.tokenizer()
+    prompts, prefix_len = prefixed_prompts(exported)
+    extra = ["-- s where a > 1, ordered by b\n", "-- s\n", "-- count b\n"]
+    prompts += [prompts[0][:prefix_len] + tokenizer(q, add_special_tokens=False).input_ids for q in extra]
+    prompts.append(prompts[0][:prefix_len])  # no question: the prompt is the prefix
+    with CppRunner(built["runner"], tiny_exports[export], threads=threads, decode=decode) as runner:
+        for num_beams, stop in ((1, False), (4, False), (4, True)):
+            alone = [runner.beams(ids, num_beams, NEW_TOKENS, prefix_len=prefix_len, stop_at_statement_end=stop)[0]
+                     for ids in prompts]
+            together, batch_ms = runner.beams_batch([(ids, prefix_len) for ids in prompts], num_beams, NEW_TOKENS,
+                                                    stop_at_statement_end=stop)
+            assert [[c.tokens for c in found] for found, _ in together] == [[c.tokens for c in a] for a in alone]
+            for (found, timings), single in zip(together, alone):
+                assert max(abs(a.score - b.score) for a, b in zip(found, single)) < 1e-3
+                assert timings["prefix_reused"] and timings["decode"] == decode
+            assert batch_ms > 0
+        # prompts of different prefixes are decoded one after another, with the same candidates
+        other = [66] + prompts[1][1:]
+        mixed, _ = runner.beams_batch([(prompts[0], prefix_len), (other, prefix_len)], 2, NEW_TOKENS)
+        assert [[c.tokens for c in found] for found, _ in mixed] == \
+            [[c.tokens for c in runner.beams(ids, 2, NEW_TOKENS, prefix_len=prefix_len)[0]]
+             for ids in (prompts[0], other)]
+
+
+def test_a_bad_prompt_in_a_batch_is_named(built, tiny_exports):
+    with CppRunner(built["runner"], tiny_exports["float32"], threads=1) as runner:
+        with pytest.raises(RunnerError, match=r"batch prompt 1: .*outside the vocabulary"):
+            runner.beams_batch([([65, 66, 67], 2), ([65, 66, 10 ** 7], 2)], 2, 4)
+        with pytest.raises(RunnerError, match=r"batch prompt 0: num_beams 17 is outside 1..16"):
+            runner.beams_batch([([65, 66, 67], 2)], 17, 4)
+        (found, _), = runner.beams_batch([([65, 66, 67], 2)], 2, 4)[0]  # and it keeps serving
+        assert len(found) == 2
+
+
 def test_prefix_cache_keeps_the_most_recent_prefixes(built, tiny_exports):
     exported = load_exported(tiny_exports["float32"])
     prompts, prefix_len = prefixed_prompts(exported)

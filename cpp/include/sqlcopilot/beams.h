@@ -20,6 +20,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <unordered_set>
 #include <vector>
 
@@ -43,6 +44,41 @@ struct BeamSearchResult {
   int64_t steps = 0;                   // calls of `step`
   double walk_ms = 0.0;                // the candidate walks (bookkeeping and constraint, not `step`)
   int64_t constraint_checks = 0;       // advance() calls of the constraint
+};
+
+// The same search one step at a time, so that the steps of several searches can be run as one batch: after
+// construction and after each advance(), done() says whether it has ended; if not, tokens()/parents() are the step it
+// wants (feed tokens[j] to a copy of live beam parents[j]) and advance() takes that step's logits [tokens.size(), V].
+class BeamSearch {
+ public:
+  // The arguments of beam_search below; `constraint` (may be null) must outlive the search.
+  BeamSearch(const at::Tensor& first_logits, int64_t num_beams, int64_t max_new_tokens, int64_t eos_id,
+             std::unordered_set<int64_t> stop_ids, BeamAllow allow = nullptr, SchemaConstraint* constraint = nullptr);
+  bool done() const { return done_; }
+  const std::vector<int64_t>& tokens() const { return tokens_; }
+  const std::vector<int64_t>& parents() const { return parents_; }
+  void advance(const at::Tensor& logits);
+  // The finished hypotheses, best first (call once, when done()).
+  BeamSearchResult result();
+
+ private:
+  struct Live {
+    std::vector<int64_t> tokens;
+    double score = 0.0;
+    SchemaConstraint::State state;  // the constraint's state after these tokens (unused without one)
+  };
+  void walk(const at::Tensor& logprobs);
+
+  int64_t num_beams_, max_new_tokens_, eos_id_;
+  std::unordered_set<int64_t> stop_ids_;
+  BeamAllow allow_;
+  SchemaConstraint* constraint_;
+  int64_t length_ = 1;
+  bool done_ = false;
+  std::vector<Live> live_;
+  std::vector<Hypothesis> finished_;
+  std::vector<int64_t> tokens_, parents_;
+  BeamSearchResult result_;
 };
 
 // eos_id < 0: no end-of-text token. `constraint` (may be null): the schema constraint every accepted token must

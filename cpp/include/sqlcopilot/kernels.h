@@ -42,6 +42,15 @@ class KernelDecoder {
   at::Tensor step_rows(const std::vector<int64_t>& tokens, int64_t pos, int64_t prompt_len,
                        const std::vector<at::Tensor>& caches, const std::vector<at::Tensor>& beam_caches);
 
+  // Rows of several questions at once (questions about one database, decoded together): row n feeds tokens[n] at
+  // position positions[n] and attends over positions 0..shared_len-1 of `caches` (the database's schema, shared by
+  // every row) and slots 0..positions[n]-shared_len of row cache_rows[n] of `beam_caches` (its question's own prompt
+  // tokens, then what it generated), the last of which it writes. Every weight matrix is read once for all rows.
+  // Returns the logits [rows, vocab] as float32.
+  at::Tensor step_rows(const std::vector<int64_t>& tokens, const std::vector<int64_t>& positions,
+                       const std::vector<int64_t>& cache_rows, int64_t shared_len,
+                       const std::vector<at::Tensor>& caches, const std::vector<at::Tensor>& beam_caches);
+
   // The logits of the last step's first row, as float32.
   std::vector<float> last_logits() const;
 
@@ -50,15 +59,18 @@ class KernelDecoder {
     at::Tensor attn_norm, mlp_norm, qkv, out, gate_up, down;
     int64_t heads = 0, kv_heads = 0, width = 0;
   };
-  // What a row attends over: positions [0, shared) of the shared cache and slots [0, own) of its row of beam caches
-  // with `capacity` slots per head. The new key and value go to own slot own - 1, or with no own slots (one-row
-  // decoding) to shared position shared - 1.
+  // What the rows attend over: positions [0, shared) of the shared cache and, with beam caches, slots
+  // [0, positions[n] - shared + 1) of row cache_rows[n] of them (`capacity` slots per head), the last of which takes
+  // the new key and value; with no beam caches (one-row decoding) the new key and value go to shared position
+  // shared - 1.
   struct Span {
-    int64_t shared = 0, own = 0, capacity = 0;
+    int64_t shared = 0, capacity = 0;
+    const int64_t* positions = nullptr;   // per row
+    const int64_t* cache_rows = nullptr;  // per row (beam caches only)
   };
   template <typename T>
-  void run_as(const int64_t* tokens, int64_t rows, int64_t pos, const Span& span,
-              const std::vector<at::Tensor>& caches, const std::vector<at::Tensor>* beam_caches);
+  void run_as(const int64_t* tokens, int64_t rows, const Span& span, const std::vector<at::Tensor>& caches,
+              const std::vector<at::Tensor>* beam_caches);
   void check_token(int64_t token) const;
 
   bool bf16_ = false;

@@ -75,6 +75,14 @@ struct BeamGeneration {
 
 constexpr int64_t kMaxBeams = 16;
 
+// One prompt of a batch (Runner::beams_batch).
+struct BeamRequest {
+  std::vector<int64_t> input_ids;
+  int64_t num_beams = 1;
+  int64_t max_new_tokens = 0;
+  DecodeOptions options;
+};
+
 class KernelDecoder;
 
 // How the runner decodes after the prompt pass: "kernel" runs the hand-written kernels (sqlcopilot/kernels.h) over
@@ -104,6 +112,15 @@ class Runner {
   BeamGeneration beams(const std::vector<int64_t>& input_ids, int64_t num_beams, int64_t max_new_tokens,
                        const DecodeOptions& options = {});
 
+  // Beam candidates of several prompts, each as beams() gives them. When the kernels decode and every prompt has the
+  // same prefix (options.prefix_len > 0: questions about one database), they are decoded together: the prefix's
+  // cache is computed (or reused) once, a prompt's own tokens are prefilled when it starts, and each kernel step
+  // advances the live beams of every prompt in progress as rows of one product (at most kMaxBeams rows; a prompt
+  // starts as soon as rows are free), so the weights are read once per step for all of them. Otherwise they are
+  // decoded one after another. A prompt's decode_ms is the time from its start to its end (shared with the others).
+  // Throws std::invalid_argument as beams() does, naming the prompt (0-based).
+  std::vector<BeamGeneration> beams_batch(const std::vector<BeamRequest>& requests);
+
   // The schema constraint of a request's spec ({"tables": {table: [column, ...]}}, sqlconstraint.constraint_spec),
   // built once per spec (the last few kept). The first call loads the export's token texts (token_texts.json); an
   // export without them is refused naming the file. Throws std::invalid_argument for that and for a malformed spec.
@@ -128,6 +145,9 @@ class Runner {
   // Fills the cache with the prompt (the prefix from the kept ones when it is there) and returns the logits of its
   // last position.
   at::Tensor prefill(const std::vector<int64_t>& input_ids, int64_t prefix_len, bool* reused);
+  // Positions 0..len(prefix)-1 of the cache hold the prefix (from the kept ones when it is there); returns the logits
+  // of its last position.
+  at::Tensor prefill_prefix(const std::vector<int64_t>& prefix, bool* reused);
   void remember_prefix(std::vector<int64_t> ids, const at::Tensor& logits);
 
   Manifest manifest_;
