@@ -1,7 +1,7 @@
 """Execution accuracy and the share of answers that fail to execute, per decoding, on a Spider split.
 
     python scripts/measure_decoding.py --model MODEL_DIR --spider-dir ../shared/spider --split dev \
-        --out work/runs/decoding [--num-beams 4] [--constrained] [--limit N]
+        --out work/runs/decoding [--num-beams 4] [--constrained] [--limit N] [--largest-databases K]
 
 One beam run gives two rows: `beam` (its most probable candidate) and `guided` (the most probable that executes);
 with --constrained the same under the schema constraint. Greedy is scored with --greedy. Each row: ex, its 95%
@@ -36,6 +36,21 @@ def row(name: str, out: Path, examples, sqls: list[str], seconds: float, extra: 
     return result
 
 
+def largest_databases(examples, k: int) -> list:
+    """The examples about the k databases with the most columns (ties: by name), in their split's order."""
+    from sqlcopilot_core.spider import read_schema
+
+    columns = {}
+    for example in examples:
+        if example.db_id not in columns:
+            schema = read_schema(example.db_path, example.db_id)
+            columns[example.db_id] = sum(len(table.columns) for table in schema.tables)
+    chosen = set(sorted(columns, key=lambda db: (-columns[db], db))[:k])
+    print(json.dumps({"largest_databases": {db: columns[db] for db in sorted(chosen, key=lambda d: -columns[d])}}),
+          flush=True)
+    return [e for e in examples if e.db_id in chosen]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
@@ -46,6 +61,8 @@ def main(argv=None) -> int:
     parser.add_argument("--constrained", action="store_true")
     parser.add_argument("--greedy", action="store_true", help="score greedy decoding (with --constrained: constrained)")
     parser.add_argument("--limit", type=int)
+    parser.add_argument("--largest-databases", type=int, metavar="K",
+                        help="only the questions about the K databases with the most columns (before --limit)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--export", help="decode through the C++ runner with this export folder (--model: its "
                         "source, unused)")
@@ -54,6 +71,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     examples = load_split(args.spider_dir, args.split)
+    if args.largest_databases:
+        examples = largest_databases(examples, args.largest_databases)
     if args.limit:
         examples = [examples[i * len(examples) // args.limit] for i in range(args.limit)]
     suffix = "+constrained" if args.constrained else ""

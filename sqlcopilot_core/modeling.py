@@ -119,6 +119,12 @@ def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32, attn_i
     from transformers import AutoTokenizer
 
     model_dir = Path(model_dir)
+    # a folder only: a missing one would otherwise be read as a model hub id and retried over the network
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"{model_dir}: model folder not found (a folder written by a stage, or a base model "
+                                f"fetched by download_base)")
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir}: not a model folder (no config.json); re-run the stage that made it")
     config = AutoConfig.from_pretrained(model_dir)
     config._attn_implementation = attn_implementation
     model = LlamaForCausalLM(config)

@@ -21,6 +21,10 @@ prompt's part of it):
   SELECT (`OVER (ORDER BY ...)`, `FILTER (WHERE ...)`, VALUES) keeps no order, and a FROM after the FROM clause is
   `IS [NOT] DISTINCT FROM`; a number is at most 24 characters. Beams that would start a second query after a
   finished one, or repeat `ORDER BY ... LIMIT 1` until the token limit, stop there;
+- two operands in a row: after a number, a string or quoted name, a name or `)`, a number is refused, and a name
+  or a string only in the select list or the FROM clause (where it is an alias); `(` never follows a number, a
+  string or `)`; DISTINCT / ALL never follow DISTINCT / ALL. (Beams that looped `LIMIT 1 (SELECT ... LIMIT 1 (`,
+  `LIMIT 1. col`, `DISTINCT DISTINCT ...` until the token limit stop there.)
 - where the statement ends (the scope check, `_end`): every bare column name is a column of a table the statement
   names (anywhere in it: subqueries may read their outer query's tables), an alias or a result name it defines
   (anywhere: `SELECT max(name) FROM (SELECT count(*) AS name FROM owners)`), and every `X.y` has an X that is a
@@ -48,6 +52,7 @@ count sum avg min max total group_concat abs round length lower upper substr sub
 coalesce ifnull nullif iif typeof printf format char hex unicode random date time datetime julianday strftime
 unixepoch quote zeroblob likely unlikely integer int real text numeric float double varchar
 """.split())
+SORTED_KEYWORDS = sorted(KEYWORDS)
 CLAUSE_WORDS = frozenset("select where group order having limit on union intersect except by offset".split())
 SET_OPERATORS = frozenset("union intersect except".split())
 SQL_PUNCTUATION = frozenset(".,;()*=<>!+-/%|&~'\"`[]")
@@ -61,6 +66,10 @@ FREE_RANK = 99
 """The rank of a depth that is not a query: a parenthesis (or a text) whose first clause word is not SELECT, such as
 `OVER (ORDER BY ...)`, `FILTER (WHERE ...)`, `VALUES (...)`: no order is kept there."""
 MAX_NUMBER = 24
+# what can end an operand (another operand cannot follow it), and the clauses where a name or string after one is an
+# alias
+OPERAND_ENDS = frozenset({"num", "str", "name", ")"})
+ALIAS_CLAUSES = frozenset({"select", "from"})
 
 
 def next_rank(rank: int, word: str) -> int | None:
@@ -98,6 +107,7 @@ class State:
     refs: tuple[tuple[str, str], ...] = ()  # every X.y used, to be resolved where the statement ends
     newline: bool = False  # the last character was a newline outside a string
     ended: bool = False
+    last: str = ""  # what ended last: "num", "str" (a string or quoted name), "name", ")", "distinct" (or ALL), ""
 
 
 class SchemaConstraint:
@@ -205,7 +215,7 @@ class SchemaConstraint:
         mode = state.mode
         if mode:
             closing = {1: "'", 2: '"', 3: "`", 4: "]"}[mode]
-            return replace(state, mode=0, words=state.words + 1) if char == closing else state
+            return replace(state, mode=0, words=state.words + 1, last="str") if char == closing else state
         if char.isalnum() or char == "_" or (char == "." and state.word[:1].isdigit()):
             if len(state.word) >= MAX_NUMBER and state.word[:1].isdigit():
                 return None
@@ -223,37 +233,48 @@ class SchemaConstraint:
         if char == ".":
             return state  # _complete made the word a qualifier
         if char in "'\"`[":
+            if not self._may_follow(state):
+                return None
             return replace(state, mode="'\"`[".index(char) + 1, context="")
         if char == "(":
+            if state.last in ("num", "str", ")"):
+                return None
             return replace(state, depth=state.depth + 1, clauses=state.clauses + ("",), ranks=state.ranks + (0,),
-                           context="")
+                           context="", last="")
         if char == ")":
             if state.depth == 0:
                 return None
             aliases = tuple(a for a in state.aliases if a[0] < state.depth)
             # an alias after `)` names the subquery, not the table it read last
             return replace(state, depth=state.depth - 1, clauses=state.clauses[:-1], ranks=state.ranks[:-1],
-                           aliases=aliases, context="", table=None)
+                           aliases=aliases, context="", table=None, last=")")
         if char == ",":
             in_from = state.clauses[-1] == "from"
-            return replace(state, context="table" if in_from else "")
+            return replace(state, context="table" if in_from else "", last="")
         if char == ";":
             return self._end(state) if state.depth == 0 else None
         if char == "*" and state.qualifier is not None:
-            return replace(state, qualifier=None)
-        return replace(state, context="" if state.context != "table" else "table")
+            return replace(state, qualifier=None, last="name")
+        return replace(state, context="" if state.context != "table" else "table", last="")
+
+    @staticmethod
+    def _may_follow(state: State) -> bool:
+        """Whether a name or string may start here: not right after an operand, unless it is an alias."""
+        return state.last not in OPERAND_ENDS or state.clauses[-1] in ALIAS_CLAUSES
 
     def _partial_ok(self, state: State) -> bool:
         """A word cut by the end of a token: can it still become something valid here?"""
         word = state.word
         if word[:1].isdigit():
-            return True
+            return state.last not in OPERAND_ENDS
         if state.qualifier is not None:
             return _has_prefix(self._qualified_columns(state), word)
         if state.context == "table":
             return _has_prefix(self.tables, word)
         if state.context in ("alias", "after_table"):
             return True
+        if not self._may_follow(state):
+            return _has_prefix(SORTED_KEYWORDS, word)
         return (_has_prefix(self.bare, word) or self._alias_prefix(state, word)
                 or bool(SHORT_ALIAS.fullmatch(word)))
 
@@ -273,7 +294,9 @@ class SchemaConstraint:
         """The word before `next_char` is whole: check it and update the context."""
         word, state = state.word, replace(state, word="")
         if word[:1].isdigit():
-            return replace(state, words=state.words + 1, context="")
+            if state.last in OPERAND_ENDS:
+                return None
+            return replace(state, words=state.words + 1, context="", last="num")
         words = state.words + 1
         if next_char == ".":
             if state.qualifier is not None:
@@ -281,37 +304,42 @@ class SchemaConstraint:
             if state.context == "table":
                 return None  # `FROM t.c`: a database name
             known = word in self.columns or any(a[1] == word for a in state.aliases)
-            if not (known or SHORT_ALIAS.fullmatch(word)):
+            if not (known or SHORT_ALIAS.fullmatch(word)) or not self._may_follow(state):
                 return None
-            return replace(state, qualifier=word, words=words, context="")
+            return replace(state, qualifier=word, words=words, context="", last="name")
         if state.qualifier is not None:
             if not self._contains(self._qualified_columns(state), word):
                 return None
             return replace(state, qualifier=None, words=words, context="",
-                           refs=state.refs + ((state.qualifier, word),))
+                           refs=state.refs + ((state.qualifier, word),), last="name")
         context = state.context
         if context == "table":
             if word not in self.columns:
                 return None
             named = state.named if word in state.named else state.named + (word,)
-            return replace(state, table=word, words=words, context="after_table", named=named)
+            return replace(state, table=word, words=words, context="after_table", named=named, last="name")
         if context == "alias":
             if state.clauses[-1] == "from":
                 aliases = state.aliases + ((state.depth, word, state.table),)
                 return replace(state, aliases=aliases, words=words, context="",
-                               defined=state.defined + ((word, state.table),))
-            return replace(state, names=state.names + (word,), words=words, context="")
+                               defined=state.defined + ((word, state.table),), last="name")
+            return replace(state, names=state.names + (word,), words=words, context="", last="name")
         if context == "after_table" and word not in KEYWORDS:
             aliases = state.aliases + ((state.depth, word, state.table),)
             return replace(state, aliases=aliases, words=words, context="",
-                           defined=state.defined + ((word, state.table),))
+                           defined=state.defined + ((word, state.table),), last="name")
         if word in KEYWORDS:
-            return self._keyword(replace(state, words=words), word)
+            distinct = word in ("distinct", "all")
+            if distinct and state.last == "distinct":
+                return None
+            return self._keyword(replace(state, words=words, last="distinct" if distinct else ""), word)
+        if not self._may_follow(state):
+            return None
         if word in self.columns or any(a[1] == word for a in state.aliases) or word in state.names:
-            return replace(state, words=words, context="")
+            return replace(state, words=words, context="", last="name")
         if self._contains(self.all_columns, word):
             bare = state.bare if word in state.bare else state.bare + (word,)
-            return replace(state, words=words, context="", bare=bare)
+            return replace(state, words=words, context="", bare=bare, last="name")
         return None
 
     def _keyword(self, state: State, word: str) -> State | None:

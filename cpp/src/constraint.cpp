@@ -208,6 +208,18 @@ inline const ClauseRank* clause_rank(int action) {
 }
 
 constexpr int kFreeRank = 99;      // sqlconstraint.FREE_RANK: a depth that is not a query keeps no clause order
+
+// sqlconstraint.OPERAND_ENDS: what ended last ends an operand
+inline bool operand_end(uint8_t last) {
+  return last == SchemaConstraint::kLastNumber || last == SchemaConstraint::kLastString ||
+         last == SchemaConstraint::kLastName || last == SchemaConstraint::kLastClose;
+}
+
+// SchemaConstraint._may_follow: a name or string may start here (not right after an operand, unless it is an alias:
+// in the select list or the FROM clause, sqlconstraint.ALIAS_CLAUSES)
+inline bool may_follow(const SchemaConstraint::State& s) {
+  return !operand_end(s.last) || s.clauses.back() == kSelect || s.clauses.back() == kFrom;
+}
 constexpr size_t kMaxNumber = 24;  // sqlconstraint.MAX_NUMBER, in characters
 
 // Characters (code points) of a UTF-8 string: what Python's len() counts.
@@ -353,7 +365,8 @@ const std::vector<SchemaConstraint::Alias>& SchemaConstraint::State::aliases() c
 const std::vector<std::string>& SchemaConstraint::State::names() const { return scope_of(*this).names; }
 
 bool SchemaConstraint::State::operator==(const State& o) const {
-  if (mode != o.mode || context != o.context || newline != o.newline || ended != o.ended || depth != o.depth ||
+  if (mode != o.mode || context != o.context || newline != o.newline || ended != o.ended || last != o.last ||
+      depth != o.depth ||
       words != o.words || table != o.table || word != o.word || qualifier != o.qualifier || clauses != o.clauses ||
       ranks != o.ranks)
     return false;
@@ -364,7 +377,7 @@ bool SchemaConstraint::State::operator==(const State& o) const {
 size_t SchemaConstraint::State::hash() const {
   std::hash<std::string> text_hash;
   size_t h = static_cast<size_t>(mode) | static_cast<size_t>(context) << 8 | static_cast<size_t>(newline) << 16 |
-              static_cast<size_t>(ended) << 17;
+              static_cast<size_t>(ended) << 17 | static_cast<size_t>(last) << 24;
   h = mix(h, static_cast<size_t>(depth));
   h = mix(h, static_cast<size_t>(words));
   h = mix(h, static_cast<size_t>(table + 1));
@@ -491,6 +504,7 @@ bool SchemaConstraint::feed_char(State& s, uint32_t cp, const char* bytes, size_
     if (cp == closing[s.mode]) {
       s.mode = 0;
       ++s.words;
+      s.last = kLastString;
     }
     return true;
   }
@@ -508,10 +522,13 @@ bool SchemaConstraint::feed_char(State& s, uint32_t cp, const char* bytes, size_
     case '.':
       return true;  // complete made the word a qualifier
     case '\'': case '"': case '`': case '[':
+      if (!may_follow(s)) return false;
       s.mode = cp == '\'' ? 1 : cp == '"' ? 2 : cp == '`' ? 3 : 4;
       s.context = kNone;
       return true;
     case '(':
+      if (s.last == kLastNumber || s.last == kLastString || s.last == kLastClose) return false;
+      s.last = kLastOther;
       ++s.depth;
       s.clauses.push_back(kNoClause);
       s.ranks.push_back(0);
@@ -525,15 +542,18 @@ bool SchemaConstraint::feed_char(State& s, uint32_t cp, const char* bytes, size_
       s.ranks.pop_back();
       s.context = kNone;
       s.table = -1;  // an alias after `)` names the subquery, not the table it read last
+      s.last = kLastClose;
       return true;
     case ',':
       s.context = s.clauses.back() == kFrom ? kTable : kNone;
+      s.last = kLastOther;
       return true;
     case ';':
       return s.depth == 0 ? end_statement(s) : false;
     case '*':
       if (!s.qualifier.empty()) {
         s.qualifier.clear();
+        s.last = kLastName;
         return true;
       }
       break;
@@ -541,6 +561,7 @@ bool SchemaConstraint::feed_char(State& s, uint32_t cp, const char* bytes, size_
       break;
   }
   s.context = s.context != kTable ? kNone : kTable;
+  s.last = kLastOther;
   return true;
 }
 
@@ -582,10 +603,18 @@ bool SchemaConstraint::in_scope(const State& s) const {
 
 bool SchemaConstraint::partial_ok(const State& s) const {
   const std::string& word = s.word;
-  if (starts_with_digit(word)) return true;
+  if (starts_with_digit(word)) return !operand_end(s.last);
   if (!s.qualifier.empty()) return has_prefix(qualified_columns(s), word);
   if (s.context == kTable) return has_prefix(tables_, word);
   if (s.context == kAlias || s.context == kAfterTable) return true;
+  if (!may_follow(s)) {  // after an operand only a keyword may come here
+    static const std::vector<std::string> sorted_keywords = [] {
+      auto words = keywords();
+      std::sort(words.begin(), words.end());
+      return words;
+    }();
+    return has_prefix(sorted_keywords, word);
+  }
   if (has_prefix(bare_, word)) return true;
   for (const auto& a : s.aliases())
     if (a.name.compare(0, word.size(), word) == 0) return true;
@@ -608,20 +637,25 @@ bool SchemaConstraint::complete(State& s, uint32_t next) const {
   std::string word;
   word.swap(s.word);
   if (starts_with_digit(word)) {
+    if (operand_end(s.last)) return false;
     ++s.words;
     s.context = kNone;
+    s.last = kLastNumber;
     return true;
   }
   if (next == '.') {
     if (!s.qualifier.empty()) return false;  // a.b.c
     if (s.context == kTable) return false;   // `FROM t.c`: a database name
     const bool known = find_table(word) >= 0 || has_alias(s, word);
-    if (!(known || short_alias(word))) return false;
+    if (!(known || short_alias(word)) || !may_follow(s)) return false;
     s.qualifier = std::move(word);
     ++s.words;
     s.context = kNone;
+    s.last = kLastName;
     return true;
   }
+  const uint8_t was = s.last;
+  s.last = kLastName;  // every path below that accepts the word ends a name, but a keyword's
   if (!s.qualifier.empty()) {
     if (!contains(qualified_columns(s), word)) return false;
     edit_scope(s, [&](Scope& scope) { scope.refs.emplace_back(s.qualifier, word); });
@@ -656,9 +690,15 @@ bool SchemaConstraint::complete(State& s, uint32_t next) const {
     return true;
   }
   if (action != kNotKeyword) {
+    const bool distinct = word == "distinct" || word == "all";
+    if (distinct && was == kLastDistinct) return false;
+    s.last = distinct ? kLastDistinct : kLastOther;
     ++s.words;
     return keyword(s, action);
   }
+  s.last = was;
+  if (!may_follow(s)) return false;
+  s.last = kLastName;
   const auto& names = s.names();
   if (find_table(word) >= 0 || has_alias(s, word) || std::find(names.begin(), names.end(), word) != names.end()) {
     ++s.words;

@@ -424,12 +424,13 @@ std::vector<BeamGeneration> Runner::beams_batch(const std::vector<BeamRequest>& 
     std::vector<int64_t> tokens, positions, rows;
     for (Active& a : active) {
       const auto& parents = a.search->parents();
-      if (a.filled > 0) {  // row j of the prompt becomes a copy of row parents[j]
-        std::vector<int64_t> from, to;
-        for (size_t j = 0; j < parents.size(); ++j) {
+      std::vector<int64_t> from, to;  // row j of the prompt becomes a copy of row parents[j] (when it is another)
+      for (size_t j = 0; j < parents.size(); ++j)
+        if (parents[j] != static_cast<int64_t>(j)) {
           from.push_back(a.rows[parents[j]]);
           to.push_back(a.rows[j]);
         }
+      if (a.filled > 0 && !from.empty()) {  // the sources are read (index_select) before any row is written
         const auto from_index = torch::tensor(from, torch::kLong), to_index = torch::tensor(to, torch::kLong);
         for (at::Tensor& cache : row_caches) {
           at::Tensor filled = cache.narrow(2, 0, a.filled);

@@ -144,6 +144,17 @@ int main() {
     expect_rejected(c, "SELECT name FROM pets WHERE age > 1 JOIN", 40);
     expect_rejected(c, "SELECT name FROM pets LIMIT 1000000000000000000000000", 52);  // a number of 25 digits
   });
+  run("two operands in a row are refused except as an alias", [&] {
+    auto c = pets(vocab);
+    expect_rejected(c, "SELECT name FROM pets LIMIT 1 (SELECT", 30);  // `(` after a number
+    expect_rejected(c, "SELECT name FROM pets LIMIT 1. name", 33);    // "nam": no keyword starts so
+    expect_rejected(c, "SELECT DISTINCT DISTINCT name", 24);
+    expect_rejected(c, "SELECT name FROM pets WHERE age = 1 name", 38);
+    expect_rejected(c, "SELECT name FROM pets WHERE name = 'a' 'b'", 39);
+    expect_rejected(c, "SELECT name FROM pets WHERE age = 1 2", 36);
+    expect_accepted(c, "SELECT name FROM pets LIMIT 1 OFFSET 2", 8);
+    expect_accepted(c, "SELECT age name FROM pets AS p WHERE p.age IN (1, 2) AND name = 'x' ORDER BY 1 DESC", 20);
+  });
   run("the end inside a string is rejected", [&] {
     auto c = pets(vocab);
     expect_rejected(c, "SELECT name FROM pets WHERE name = 'Rex", 39);

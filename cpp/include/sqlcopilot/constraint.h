@@ -92,6 +92,9 @@ class SchemaConstraint {
     }
   };
   enum Context : uint8_t { kNone = 0, kTable = 1, kAlias = 2, kAfterTable = 3 };
+  // What ended last (sqlconstraint.State.last): an operand cannot follow an operand except as an alias.
+  enum Last : uint8_t { kLastOther = 0, kLastNumber = 1, kLastString = 2, kLastName = 3, kLastClose = 4,
+                        kLastDistinct = 5 };
 
   // Python's State, field for field. Small to copy: the strings are short, the scope is shared.
   struct State {
@@ -99,6 +102,7 @@ class SchemaConstraint {
     uint8_t context = kNone;
     bool newline = false;    // the last character was a newline outside a string
     bool ended = false;
+    uint8_t last = kLastOther;
     int32_t depth = 0;
     int32_t words = 0;       // identifiers and keywords completed
     int32_t table = -1;      // the table named last in a FROM list (index into tables(), -1: none)
