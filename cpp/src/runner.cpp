@@ -35,6 +35,17 @@ double elapsed_ms(std::chrono::steady_clock::time_point start) {
 
 int64_t greedy_token(const at::Tensor& logits) { return logits.argmax(-1).item<int64_t>(); }
 
+// ids[0..count) as a [1, count] tensor the graph can keep
+at::Tensor ids_tensor(const int64_t* ids, int64_t count) {
+  return torch::from_blob(const_cast<int64_t*>(ids), {1, count}, torch::kLong).clone();
+}
+
+void check_num_beams(int64_t num_beams) {
+  if (num_beams < 1 || num_beams > kMaxBeams)
+    throw std::invalid_argument("num_beams " + std::to_string(num_beams) + " is outside 1.." +
+                                std::to_string(kMaxBeams));
+}
+
 std::vector<float> float_values(const at::Tensor& logits) {
   auto flat = logits.to(torch::kFloat).contiguous().view(-1);
   return std::vector<float>(flat.data_ptr<float>(), flat.data_ptr<float>() + flat.numel());
@@ -171,9 +182,6 @@ void Runner::set_prefix_cache(size_t entries, int64_t max_bytes) {
 }
 
 at::Tensor Runner::prefill(const std::vector<int64_t>& input_ids, int64_t prefix_len, bool* reused) {
-  auto ids_tensor = [](const int64_t* ids, int64_t count) {
-    return torch::from_blob(const_cast<int64_t*>(ids), {1, count}, torch::kLong).clone();
-  };
   const auto length = static_cast<int64_t>(input_ids.size());
   *reused = false;
   if (prefix_len == 0) return module_.get_method("prefill")({ids_tensor(input_ids.data(), length), caches_}).toTensor();
@@ -196,8 +204,8 @@ at::Tensor Runner::prefill_prefix(const std::vector<int64_t>& prefix, bool* reus
     *reused = true;
     return kept->logits;
   }
-  const at::Tensor ids = torch::from_blob(const_cast<int64_t*>(prefix.data()), {1, prefix_len}, torch::kLong).clone();
-  at::Tensor logits = module_.get_method("prefill_at")({ids, int64_t{0}, caches_}).toTensor();
+  at::Tensor logits = module_.get_method("prefill_at")({ids_tensor(prefix.data(), prefix_len), int64_t{0}, caches_})
+                          .toTensor();
   remember_prefix(prefix, logits);
   return logits;
 }
@@ -263,9 +271,7 @@ Generation Runner::generate(const std::vector<int64_t>& input_ids, int64_t max_n
 BeamGeneration Runner::beams(const std::vector<int64_t>& input_ids, int64_t num_beams, int64_t max_new_tokens,
                              const DecodeOptions& options) {
   check_prompt(input_ids, options);
-  if (num_beams < 1 || num_beams > kMaxBeams)
-    throw std::invalid_argument("num_beams " + std::to_string(num_beams) + " is outside 1.." +
-                                std::to_string(kMaxBeams));
+  check_num_beams(num_beams);
   if (!kernel_ && !module_.find_method("decode_beams"))
     throw std::invalid_argument("this export's graph has no decode_beams (it predates beam decoding); re-run the "
                                 "export stage");
@@ -330,9 +336,7 @@ std::vector<BeamGeneration> Runner::beams_batch(const std::vector<BeamRequest>& 
     const BeamRequest& request = requests[i];
     try {
       check_prompt(request.input_ids, request.options);
-      if (request.num_beams < 1 || request.num_beams > kMaxBeams)
-        throw std::invalid_argument("num_beams " + std::to_string(request.num_beams) + " is outside 1.." +
-                                    std::to_string(kMaxBeams));
+      check_num_beams(request.num_beams);
     } catch (const std::invalid_argument& error) {
       throw std::invalid_argument("batch prompt " + std::to_string(i) + ": " + error.what());
     }
@@ -400,9 +404,8 @@ std::vector<BeamGeneration> Runner::beams_batch(const std::vector<BeamRequest>& 
         free_rows.pop_back();
       }
       if (own > 0) {  // the prompt's own tokens go through the shared cache after the prefix, then to its first row
-        const at::Tensor ids = torch::from_blob(const_cast<int64_t*>(request.input_ids.data() + prefix_len), {1, own},
-                                                torch::kLong).clone();
-        first = module_.get_method("prefill_at")({ids, prefix_len, caches_}).toTensor();
+        first = module_.get_method("prefill_at")({ids_tensor(request.input_ids.data() + prefix_len, own), prefix_len,
+                                                  caches_}).toTensor();
         for (size_t i = 0; i < cache_tensors_.size(); ++i)
           row_caches[i][a.rows[0]].narrow(1, 0, own).copy_(cache_tensors_[i][0].narrow(1, prefix_len, own));
       }
