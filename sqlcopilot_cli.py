@@ -152,7 +152,9 @@ def cmd_ask(args) -> int:
             print(f"-- {args.decoding} decoding: candidate {answer['chosen'] + 1} of {answer['candidates']} chosen "
                   f"after trying {answer['tried']}"
                   + "".join(f"\n--   #{r['index'] + 1} rejected: {r['reason']}" for r in answer["rejected"])
-                  + (f"\n-- no candidate ran: {answer['error']}" if answer.get("error") else ""))
+                  + (f"\n-- no candidate ran: {answer['error']}" if answer.get("error") else "")
+                  + (f"\n-- candidate {answer['chosen'] + 1} was cut off at {args.max_new_tokens} tokens; its "
+                     f"longest statement that runs is the answer" if answer.get("cut_from") else ""))
         print(answer["sql"] + ";")
         if args.execute:
             if answer["error_kind"]:

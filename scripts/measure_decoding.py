@@ -106,7 +106,8 @@ def guided_rows(out: Path, examples, answers: list[dict], seconds: float, suffix
     row(f"guided{suffix}", out, examples, [a["sql"] for a in answers], seconds,
         {"num_beams": num_beams, "mean_tried": round(tried, 2),
          "none_ran": sum(a["error"] is not None for a in answers),
-         "fallbacks": sum(bool(a.get("fallback")) for a in answers)})
+         "fallbacks": sum(bool(a.get("fallback")) for a in answers),
+         "cut": sum(bool(a.get("cut_from")) for a in answers)})
 
 
 def cpp_rows(args, examples, out: Path, suffix: str) -> int:

@@ -201,17 +201,67 @@ class Choice:
     """One entry per candidate tried and not chosen: {"index", "sql", "reason"}."""
     error: str | None = None
     """Set when no candidate ran: the top candidate's error."""
+    cut_from: str | None = None
+    """Set when the answer is a shorter statement inside candidate `index`, which the token limit cut off."""
 
     def as_dict(self) -> dict:
         return {"sql": self.sql, "index": self.index, "tried": self.tried, "rejected": self.rejected,
-                "error": self.error}
+                "error": self.error, "cut_from": self.cut_from}
+
+
+CUT_BEFORE = frozenset({"AND", "OR", "FROM", "JOIN", "ON", "WHERE", "GROUP", "HAVING", "ORDER", "LIMIT", "OFFSET",
+                        "UNION", "INTERSECT", "EXCEPT", "SELECT"})
+"""The words a clause or a condition starts with: a cut-off candidate is cut just before one of them, so that no
+condition is left half written (`... AND age` runs in SQLite, as a truth test of age)."""
+
+
+def statement_cuts(sql: str, limit: int = 64) -> list[str]:
+    """The statements a candidate cut off at the token limit may still hold, longest first, at most `limit`: its
+    text before each clause or condition (`CUT_BEFORE`, outside quotes), with the parentheses it leaves open
+    closed. A beam that loops (`... WHERE y = 2014 AND y = 2014 AND y =`) or that ran past its query
+    (`... LIMIT 1 SELECT ...`) wrote the query it meant before the loop."""
+    boundaries: list[tuple[int, int]] = []
+    depth, quote = 0, None
+    for pos, char in enumerate(sql):
+        if quote:
+            if char == quote:
+                quote = None  # a doubled quote ('') closes and opens again
+            continue
+        if char in "'\"`":
+            quote = char
+        elif char == "[":
+            quote = "]"
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth = max(0, depth - 1)
+        elif char.isspace() and pos and not sql[pos - 1].isspace():
+            following = sql[pos:].split(None, 1)
+            if following and following[0].upper() in CUT_BEFORE:
+                boundaries.append((pos, depth))
+    cuts: list[str] = []
+    for pos, open_parens in reversed(boundaries):
+        text = sql[:pos].rstrip() + ")" * open_parens
+        if text not in cuts and has_sql_words(text):
+            cuts.append(text)
+        if len(cuts) >= limit:
+            break
+    return cuts
+
+
+def has_sql_words(text: str) -> bool:
+    """A cut worth running: a SELECT and something after it."""
+    words = text.split()
+    return len(words) >= 2 and words[0].upper() in ("SELECT", "WITH")
 
 
 def choose_runnable(sqls: Sequence[str], db_path, *, timeout_s: float = 2.0, prefer_nonempty: bool = False,
-                    max_rows: int = 1000) -> Choice:
+                    max_rows: int = 1000, cut_off: Sequence[bool] | None = None, max_cuts: int = 64) -> Choice:
     """The first of `sqls` (best first) that executes without error in the read-only sandbox; with
-    `prefer_nonempty` the first that returns rows, else the first that runs. If none runs: the first, with its
-    error."""
+    `prefer_nonempty` the first that returns rows, else the first that runs. When none runs, the candidates the
+    token limit cut off (`cut_off[i]`) are tried shortened (`statement_cuts`, longest first, at most `max_cuts`
+    each, best candidate first): the first cut that runs is the answer, with `cut_from` set. If nothing runs: the
+    first candidate, with its error."""
     from sqlcopilot_core.sqlexec import execute_readonly
 
     if not sqls:
@@ -219,15 +269,18 @@ def choose_runnable(sqls: Sequence[str], db_path, *, timeout_s: float = 2.0, pre
     rejected: list[dict] = []
     first_runs: int | None = None
     seen: dict[str, str | None] = {}
-    for index, sql in enumerate(sqls):
-        if sql in seen:  # the same statement from another beam: same outcome
-            reason = seen[sql]
-        else:
+
+    def outcome(sql: str) -> str | None:
+        if sql not in seen:  # the same statement from another beam: same outcome
             result = execute_readonly(db_path, sql, timeout_s=timeout_s, max_rows=max_rows)
             reason = None if result.ok else f"{result.error_kind}: {result.error}"
             if reason is None and prefer_nonempty and not result.rows:
                 reason = "empty result"
             seen[sql] = reason
+        return seen[sql]
+
+    for index, sql in enumerate(sqls):
+        reason = outcome(sql)
         if reason is None:
             return Choice(sql, index, index + 1, rejected)
         if reason == "empty result" and first_runs is None:
@@ -235,21 +288,32 @@ def choose_runnable(sqls: Sequence[str], db_path, *, timeout_s: float = 2.0, pre
         rejected.append({"index": index, "sql": sql, "reason": reason})
     if first_runs is not None:
         return Choice(sqls[first_runs], first_runs, len(sqls), [r for r in rejected if r["index"] != first_runs])
+    for index, sql in enumerate(sqls):
+        if cut_off is not None and cut_off[index]:
+            for cut in statement_cuts(sql, max_cuts):
+                if outcome(cut) in (None, "empty result"):
+                    return Choice(cut, index, len(sqls), [r for r in rejected if r["index"] != index],
+                                  cut_from=sql)
     return Choice(sqls[0], 0, len(sqls), rejected[1:], error=rejected[0]["reason"])
 
 
 def answer_from_candidates(candidates: Sequence[Candidate], tokenizer, db_path, guided: bool, *,
-                           timeout_s: float = 2.0, prefer_nonempty: bool = False) -> dict:
-    """One answer from a question's candidates (best first): {"sql", "candidates", "candidate_sqls"}, and for the
-    guided choice also {"chosen", "tried", "rejected", "error"}. The Python scorer and the C++ copilot both use it."""
+                           timeout_s: float = 2.0, prefer_nonempty: bool = False,
+                           max_new_tokens: int | None = None) -> dict:
+    """One answer from a question's candidates (best first): {"sql", "candidates", "candidate_sqls", "cut_off"},
+    and for the guided choice also {"chosen", "tried", "rejected", "error", "cut_from"}. A candidate with
+    `max_new_tokens` tokens was cut off by the limit: the guided choice may answer with a statement inside it
+    (`choose_runnable`). The Python scorer and the C++ copilot both use it."""
     from sqlcopilot_core.prompting import extract_sql
 
     sqls = [extract_sql(tokenizer.decode(c.tokens, skip_special_tokens=True)) for c in candidates] or [""]
-    answer = {"sql": sqls[0], "candidates": len(candidates), "candidate_sqls": sqls}
+    cut_off = [max_new_tokens is not None and len(c.tokens) >= max_new_tokens for c in candidates] or [False]
+    answer = {"sql": sqls[0], "candidates": len(candidates), "candidate_sqls": sqls, "cut_off": cut_off}
     if guided:
-        choice = choose_runnable(sqls, db_path, timeout_s=timeout_s, prefer_nonempty=prefer_nonempty)
+        choice = choose_runnable(sqls, db_path, timeout_s=timeout_s, prefer_nonempty=prefer_nonempty,
+                                 cut_off=cut_off)
         answer.update(sql=choice.sql, chosen=choice.index, tried=choice.tried, rejected=choice.rejected,
-                      error=choice.error)
+                      error=choice.error, cut_from=choice.cut_from)
     return answer
 
 

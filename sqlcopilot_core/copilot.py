@@ -118,7 +118,8 @@ def decode_prompts(runtime: Runtime, tokenizer, prompts: list[tuple[list[int], l
     def answer(i: int, candidates, timing: dict, note: str | None) -> None:
         answers[i] = {**timing, **answer_from_candidates(candidates, tokenizer, prompts[i][2], guided,
                                                           timeout_s=decoding.exec_timeout_s,
-                                                          prefer_nonempty=decoding.prefer_nonempty)}
+                                                          prefer_nonempty=decoding.prefer_nonempty,
+                                                          max_new_tokens=decoding.max_new_tokens)}
         if note:
             answers[i]["fallback"] = note
 

@@ -239,7 +239,8 @@ def predict_details(model, tokenizer, examples: list[Example], config: PredictCo
                                                               prefix=cache), {}), constraint is not None)
                     answers[i] = answer_from_candidates(candidates, tokenizer, db_path, config.decoding == "guided",
                                                         timeout_s=config.exec_timeout_s,
-                                                        prefer_nonempty=config.prefer_nonempty)
+                                                        prefer_nonempty=config.prefer_nonempty,
+                                                        max_new_tokens=config.max_new_tokens)
                     if note:
                         answers[i]["fallback"] = note
                     bar.update(1)

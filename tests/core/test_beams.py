@@ -6,7 +6,7 @@ import sqlite3
 import pytest
 import torch
 
-from sqlcopilot_core.beams import beam_search, choose_runnable, hf_beam_generate, prefix_cache
+from sqlcopilot_core.beams import beam_search, choose_runnable, hf_beam_generate, prefix_cache, statement_cuts
 from sqlcopilot_core.generate import greedy_generate_ids
 from sqlcopilot_core.modeling import tiny_model_and_tokenizer
 from sqlcopilot_core.sqlconstraint import SchemaConstraint, check_gold, constraint_spec
@@ -219,4 +219,38 @@ def test_guided_choice_skips_a_failing_candidate(pets_db):
     none = choose_runnable(["SELECT colour FROM pets", "DELETE FROM pets"], pets_db)
     assert none.sql == "SELECT colour FROM pets" and none.error and none.tried == 2
     with sqlite3.connect(pets_db) as conn:  # nothing was written
+        assert conn.execute("SELECT count(*) FROM pets").fetchone() == (2,)
+
+
+def test_statement_cuts_keep_quotes_whole_and_close_parentheses():
+    sql = "SELECT name FROM pets WHERE age IN (SELECT age FROM pets WHERE name = 'a b c' AND age = 5 AND ag"
+    assert statement_cuts(sql) == [  # before each condition or clause, longest first, parentheses closed
+        "SELECT name FROM pets WHERE age IN (SELECT age FROM pets WHERE name = 'a b c' AND age = 5)",
+        "SELECT name FROM pets WHERE age IN (SELECT age FROM pets WHERE name = 'a b c')",
+        "SELECT name FROM pets WHERE age IN (SELECT age FROM pets)",
+        "SELECT name FROM pets WHERE age IN (SELECT age)",
+        "SELECT name FROM pets",
+        "SELECT name"]
+    assert statement_cuts("SELECT name FROM pets WHERE name = 'x AND y' OR age = 1 AND") == [
+        "SELECT name FROM pets WHERE name = 'x AND y' OR age = 1",  # never cut inside a string
+        "SELECT name FROM pets WHERE name = 'x AND y'", "SELECT name FROM pets", "SELECT name"]
+    assert len(statement_cuts(sql, limit=3)) == 3
+
+
+def test_guided_choice_cuts_a_looping_candidate_only_when_nothing_runs(pets_db):
+    looping = "SELECT name FROM pets WHERE age > 3 AND age > 3 AND age > 3 AND age >"
+    choice = choose_runnable([looping, "SELECT colour FROM pets"], pets_db, cut_off=[True, False])
+    assert choice.sql == "SELECT name FROM pets WHERE age > 3 AND age > 3 AND age > 3"
+    assert (choice.index, choice.cut_from, choice.error) == (0, looping, None)
+    assert [r["index"] for r in choice.rejected] == [1]
+    # a candidate that runs whole comes before any cut
+    assert choose_runnable([looping, "SELECT name FROM pets"], pets_db, cut_off=[True, False]).sql == \
+        "SELECT name FROM pets"
+    # a candidate that ended on its own is never cut
+    assert choose_runnable([looping], pets_db, cut_off=[False]).error
+    # a subquery cut off mid-way is closed
+    nested = "SELECT name FROM pets WHERE age IN (SELECT age FROM pets WHERE name = 'Rex' ORDER BY"
+    assert choose_runnable([nested], pets_db, cut_off=[True]).sql == \
+        "SELECT name FROM pets WHERE age IN (SELECT age FROM pets WHERE name = 'Rex')"
+    with sqlite3.connect(pets_db) as conn:
         assert conn.execute("SELECT count(*) FROM pets").fetchone() == (2,)
