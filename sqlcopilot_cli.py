@@ -95,11 +95,14 @@ def add_decoding_options(parser: argparse.ArgumentParser, default: str, constrai
                             f"{'on' if constrained else 'off'})")
     group.add_argument("--prefer-nonempty", action="store_true",
                        help="guided: prefer the first candidate whose result has rows")
+    group.add_argument("--retry-beams", type=int, default=8,
+                       help="guided: decode a question none of whose candidates runs once more with this many beams "
+                            "(0: never; default 8)")
 
 
 def decoding_settings(args) -> dict:
     return {"decoding": args.decoding, "num_beams": args.num_beams, "constrained": args.constrained,
-            "prefer_nonempty": args.prefer_nonempty}
+            "prefer_nonempty": args.prefer_nonempty, "retry_beams": args.retry_beams}
 
 
 def cmd_predict(args) -> int:
@@ -148,6 +151,9 @@ def cmd_ask(args) -> int:
         print(f"-- {answer['question']}  ({answer['db']}, {answer['seconds']:.2f} s)")
         if answer.get("fallback"):
             print(f"-- {answer['fallback']}")
+        if answer.get("retried"):
+            print(f"-- none of the first {args.num_beams} candidates ran ({answer['retried']['first_error']}): "
+                  f"decoded again with {answer['retried']['num_beams']} beams")
         if answer.get("tried"):
             print(f"-- {args.decoding} decoding: candidate {answer['chosen'] + 1} of {answer['candidates']} chosen "
                   f"after trying {answer['tried']}"

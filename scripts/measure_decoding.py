@@ -68,6 +68,7 @@ def main(argv=None) -> int:
                         "source, unused)")
     parser.add_argument("--runner", help="sqlcopilot-runner program (with --export)")
     parser.add_argument("--no-prefix-reuse", action="store_true")
+    parser.add_argument("--retry-beams", type=int, default=8, help="guided: beams of the second search (0: none)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     examples = load_split(args.spider_dir, args.split)
@@ -87,7 +88,7 @@ def main(argv=None) -> int:
         row("greedy" + suffix, out, examples, [a["sql"] for a in answers], time.perf_counter() - start)
         return 0
     config = PredictConfig(prompt, max_new_tokens=args.max_new_tokens, decoding="guided", num_beams=args.num_beams,
-                           constrained=args.constrained)
+                           constrained=args.constrained, retry_beams=args.retry_beams)
     start = time.perf_counter()
     answers = predict_details(model, tokenizer, examples, config)
     seconds = time.perf_counter() - start
@@ -101,13 +102,16 @@ def guided_rows(out: Path, examples, answers: list[dict], seconds: float, suffix
         for example, answer in zip(examples, answers):
             handle.write(json.dumps({"index": example.index, **answer}) + "\n")
     tried = sum(a["tried"] for a in answers) / len(answers)
-    row(f"beam{suffix}", out, examples, [a["candidate_sqls"][0] for a in answers], seconds,
+    # beam: the first search's top candidate (a retried answer keeps the first search's candidates)
+    row(f"beam{suffix}", out, examples, [(a.get("retried") or {}).get("first_candidates", a["candidate_sqls"])[0]
+                                         for a in answers], seconds,
         {"num_beams": num_beams})
     row(f"guided{suffix}", out, examples, [a["sql"] for a in answers], seconds,
         {"num_beams": num_beams, "mean_tried": round(tried, 2),
          "none_ran": sum(a["error"] is not None for a in answers),
          "fallbacks": sum(bool(a.get("fallback")) for a in answers),
-         "cut": sum(bool(a.get("cut_from")) for a in answers)})
+         "cut": sum(bool(a.get("cut_from")) for a in answers),
+         "retried": sum(bool(a.get("retried")) for a in answers)})
 
 
 def cpp_rows(args, examples, out: Path, suffix: str) -> int:
@@ -123,7 +127,7 @@ def cpp_rows(args, examples, out: Path, suffix: str) -> int:
     prompts = [(*prompter.split_ids(e.db_path, e.question), e.db_path) for e in examples]
     decoding = "greedy" if args.greedy else "guided"
     config = Decoding(decoding, args.num_beams, args.constrained, max_new_tokens=args.max_new_tokens,
-                      prefix_reuse=not args.no_prefix_reuse)
+                      prefix_reuse=not args.no_prefix_reuse, retry_beams=args.retry_beams)
     start = time.perf_counter()
     answers = decode_prompts(runtime, tokenizer, prompts, config)
     seconds = time.perf_counter() - start

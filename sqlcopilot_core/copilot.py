@@ -74,11 +74,12 @@ class Decoding:
     max_new_tokens: int = 128
     prefix_reuse: bool = True
     exec_timeout_s: float = 2.0
+    retry_beams: int = 8
 
     def __post_init__(self):
         from sqlcopilot_core.generate import check_decoding
 
-        check_decoding(self.decoding, self.num_beams, "decoding")
+        check_decoding(self.decoding, self.num_beams, "decoding", self.retry_beams)
 
     @classmethod
     def of(cls, config, greedy: bool = False) -> "Decoding":
@@ -86,7 +87,7 @@ class Decoding:
         if greedy:
             return cls("greedy", max_new_tokens=config.max_new_tokens)
         return cls(config.decoding, config.num_beams, config.constrained, config.prefer_nonempty,
-                   config.max_new_tokens)
+                   config.max_new_tokens, retry_beams=config.retry_beams)
 
 
 def decode_prompts(runtime: Runtime, tokenizer, prompts: list[tuple[list[int], list[int], Path]], decoding: Decoding,
@@ -95,17 +96,21 @@ def decode_prompts(runtime: Runtime, tokenizer, prompts: list[tuple[list[int], l
     "tried", "rejected", "error", "prefill_ms", "decode_ms", "prefix_reused", ...}. Prompts are sent grouped by
     prefix; with prefix_reuse the runner computes each database's schema once and decodes the group's questions
     together (`CppRunner.beams_batch`: one decode step advances the beams of several questions), at most
-    BATCH_PROMPTS a request."""
+    BATCH_PROMPTS a request. A guided question none of whose candidates runs is decoded once more with
+    `retry_beams` beams (its answer then holds "retried": the first search's beams' error and candidates)."""
     from tqdm import tqdm
 
     from sqlcopilot_core.beams import answer_from_candidates, decode_with_fallback
     from sqlcopilot_core.cpp_runtime import CppRunner
     from sqlcopilot_core.sqlconstraint import constraint_spec
 
+    from sqlcopilot_core.generate import retry_width
+
     order = sorted(range(len(prompts)), key=lambda i: (tuple(prompts[i][0]), i))
     answers: list[dict[str, Any]] = [{} for _ in prompts]
     width = 1 if decoding.decoding == "greedy" else decoding.num_beams
     guided = decoding.decoding == "guided"
+    retry = retry_width(decoding.decoding, width, decoding.retry_beams)
     specs: dict[str, dict] = {}
 
     def spec(db_path) -> dict | None:
@@ -115,43 +120,59 @@ def decode_prompts(runtime: Runtime, tokenizer, prompts: list[tuple[list[int], l
             specs[str(db_path)] = constraint_spec(db_path)
         return specs[str(db_path)]
 
-    def answer(i: int, candidates, timing: dict, note: str | None) -> None:
+    def answer(i: int, candidates, timing: dict, note: str | None, beams: int) -> None:
+        first = answers[i]
         answers[i] = {**timing, **answer_from_candidates(candidates, tokenizer, prompts[i][2], guided,
                                                           timeout_s=decoding.exec_timeout_s,
                                                           prefer_nonempty=decoding.prefer_nonempty,
                                                           max_new_tokens=decoding.max_new_tokens)}
         if note:
             answers[i]["fallback"] = note
+        if beams != width:  # the second search: say why it was made
+            answers[i]["retried"] = {"num_beams": beams, "first_error": first["error"],
+                                     "first_candidates": first["candidate_sqls"]}
+
+    def failed(indices: list[int]) -> list[int]:
+        """Guided questions none of whose candidates ran: decoded once more with `retry` beams."""
+        return [i for i in indices if retry and answers[i].get("error") is not None]
 
     with CppRunner(runtime.runner, runtime.export_dir) as runner, \
             tqdm(total=len(prompts), desc=f"generate (C++, {decoding.decoding})", unit="prompt",
                  disable=not progress) as bar:
-        def decode_one(i: int, prefix_len: int, constrained: bool):
+        def decode_one(i: int, prefix_len: int, constrained: bool, beams: int):
             prefix, branch, db_path = prompts[i]
-            return runner.beams(list(prefix) + list(branch), width, decoding.max_new_tokens, prefix_len=prefix_len,
+            return runner.beams(list(prefix) + list(branch), beams, decoding.max_new_tokens, prefix_len=prefix_len,
                                 stop_at_statement_end=True, constraint=spec(db_path) if constrained else None)
 
-        if not decoding.prefix_reuse:
-            for i in order:
-                answer(i, *decode_with_fallback(lambda constrained: decode_one(i, 0, constrained),
-                                                decoding.constrained))
-                bar.update()
-            return answers
+        def prefix_len_of(i: int) -> int:
+            # a prompt with no branch (the whole prompt is its schema) keeps no prefix, as one alone would
+            return len(prompts[i][0]) if decoding.prefix_reuse and prompts[i][1] else 0
+
+        def decode_chunk(chunk: list[int], beams: int) -> None:
+            if not decoding.prefix_reuse:
+                for i in chunk:
+                    answer(i, *decode_with_fallback(lambda constrained: decode_one(i, 0, constrained, beams),
+                                                    decoding.constrained), beams)
+                return
+            found, _ = runner.beams_batch(
+                [(list(prompts[i][0]) + list(prompts[i][1]), prefix_len_of(i)) for i in chunk], beams,
+                decoding.max_new_tokens, stop_at_statement_end=True,
+                constraints=[spec(prompts[i][2]) for i in chunk])
+            for i, result in zip(chunk, found):
+                answer(i, *decode_with_fallback(
+                    lambda constrained, result=result, i=i:
+                    result if constrained == decoding.constrained else decode_one(i, prefix_len_of(i), False, beams),
+                    decoding.constrained), beams)
+
         for _, group in itertools.groupby(order, key=lambda i: tuple(prompts[i][0])):
             group = list(group)
-            for start in range(0, len(group), BATCH_PROMPTS):
-                chunk = group[start:start + BATCH_PROMPTS]
-                # a prompt with no branch (the whole prompt is its schema) keeps no prefix, as one alone would
-                found, _ = runner.beams_batch(
-                    [(list(prompts[i][0]) + list(prompts[i][1]), len(prompts[i][0]) if prompts[i][1] else 0)
-                     for i in chunk], width, decoding.max_new_tokens, stop_at_statement_end=True,
-                    constraints=[spec(prompts[i][2]) for i in chunk])
-                for i, result in zip(chunk, found):
-                    prefix_len = len(prompts[i][0]) if prompts[i][1] else 0
-                    answer(i, *decode_with_fallback(
-                        lambda constrained, result=result, i=i, prefix_len=prefix_len:
-                        result if constrained == decoding.constrained else decode_one(i, prefix_len, False),
-                        decoding.constrained))
+            step = BATCH_PROMPTS if decoding.prefix_reuse else 1
+            for start in range(0, len(group), step):
+                chunk = group[start:start + step]
+                decode_chunk(chunk, width)
+                again = failed(chunk)
+                if again:
+                    decode_chunk(again, retry)
                 bar.update(len(chunk))
     return answers
 

@@ -130,11 +130,18 @@ def greedy_generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
 DECODINGS = ("greedy", "beam", "guided")
 
 
-def check_decoding(decoding: str, num_beams: int, where: str) -> None:
+def check_decoding(decoding: str, num_beams: int, where: str, retry_beams: int = 0) -> None:
     if decoding not in DECODINGS:
         raise ValueError(f"{where}.decoding: {decoding!r} is not one of {', '.join(DECODINGS)}")
     if not 1 <= num_beams <= MAX_BEAMS:
         raise ValueError(f"{where}.num_beams: {num_beams} is not between 1 and {MAX_BEAMS}")
+    if not isinstance(retry_beams, int) or not 0 <= retry_beams <= MAX_BEAMS:
+        raise ValueError(f"{where}.retry_beams: {retry_beams!r} is not between 0 (no retry) and {MAX_BEAMS}")
+
+
+def retry_width(decoding: str, num_beams: int, retry_beams: int) -> int:
+    """Beams of the second search of a guided question none of whose candidates ran (0: no second search)."""
+    return retry_beams if decoding == "guided" and retry_beams > num_beams else 0
 
 
 MAX_BEAMS = 16
@@ -165,6 +172,9 @@ class PredictConfig:
     """guided: time limit per candidate executed."""
     prefix_reuse: bool = True
     """Compute each database's schema prefix once and reuse its cache for every question about it."""
+    retry_beams: int = 8
+    """guided: a question none of whose candidates runs (not even cut short) is decoded once more with this many
+    beams (0 or <= num_beams: never)."""
 
     def __post_init__(self):
         if self.max_new_tokens < 1 or self.batch_size < 1:
@@ -172,7 +182,7 @@ class PredictConfig:
                              f"({self.batch_size}) must be >= 1")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"PredictConfig.limit must be >= 1 or None, got {self.limit}")
-        check_decoding(self.decoding, self.num_beams, "PredictConfig")
+        check_decoding(self.decoding, self.num_beams, "PredictConfig", self.retry_beams)
 
 
 def example_prompt_ids(examples: list[Example], settings: PromptSettings, tokenizer) -> list[list[int]]:
@@ -187,7 +197,8 @@ def predict_examples(model, tokenizer, examples: list[Example], config: PredictC
 
 
 def predict_details(model, tokenizer, examples: list[Example], config: PredictConfig, progress=True) -> list[dict]:
-    """Per example {"sql", and for beam/guided decoding "candidates", "tried", "rejected", "chosen", "error"}.
+    """Per example {"sql", and for beam/guided decoding "candidates", "tried", "rejected", "chosen", "error"}; a
+    guided question none of whose candidates runs is decoded once more with `retry_beams` beams ("retried").
 
     Examples are grouped by their schema prefix: with `prefix_reuse` it is computed once per group and every
     question's prompt continues from its cache (the tokens are those of a full prefill: tests/core/test_beams.py).
@@ -233,16 +244,26 @@ def predict_details(model, tokenizer, examples: list[Example], config: PredictCo
                             constraints[db_path] = SchemaConstraint.for_database(db_path, tokenizer)
                         constraint = constraints[db_path]
                     width = 1 if config.decoding == "greedy" else config.num_beams
-                    candidates, _, note = decode_with_fallback(
-                        lambda constrained: (hf_beam_generate(model, prompts[i], width, config.max_new_tokens, eos_id,
-                                                              stop_ids, constraint if constrained else None,
-                                                              prefix=cache), {}), constraint is not None)
-                    answers[i] = answer_from_candidates(candidates, tokenizer, db_path, config.decoding == "guided",
-                                                        timeout_s=config.exec_timeout_s,
-                                                        prefer_nonempty=config.prefer_nonempty,
-                                                        max_new_tokens=config.max_new_tokens)
-                    if note:
-                        answers[i]["fallback"] = note
+                    retry = retry_width(config.decoding, width, config.retry_beams)
+                    for beams in (width, retry):
+                        candidates, _, note = decode_with_fallback(
+                            lambda constrained: (hf_beam_generate(model, prompts[i], beams, config.max_new_tokens,
+                                                                  eos_id, stop_ids,
+                                                                  constraint if constrained else None,
+                                                                  prefix=cache), {}), constraint is not None)
+                        first = answers[i]
+                        answers[i] = answer_from_candidates(candidates, tokenizer, db_path,
+                                                            config.decoding == "guided",
+                                                            timeout_s=config.exec_timeout_s,
+                                                            prefer_nonempty=config.prefer_nonempty,
+                                                            max_new_tokens=config.max_new_tokens)
+                        if note:
+                            answers[i]["fallback"] = note
+                        if beams != width:  # the second search (copilot.decode_prompts does the same)
+                            answers[i]["retried"] = {"num_beams": beams, "first_error": first["error"],
+                                                     "first_candidates": first["candidate_sqls"]}
+                        if not retry or answers[i].get("error") is None:
+                            break
                     bar.update(1)
     finally:
         model.train(was_training)

@@ -46,6 +46,9 @@ class EvalConfig:
     """Only tokens that can still make valid SQL over the database's table and column names."""
     prefer_nonempty: bool = False
     """guided: prefer the first candidate whose result has rows."""
+    retry_beams: int = 8
+    """guided: a question none of whose candidates runs (not even cut short) is decoded once more with this many
+    beams (0 or <= num_beams: never)."""
 
     def __post_init__(self):
         if self.split not in ("dev", "train"):
@@ -56,7 +59,7 @@ class EvalConfig:
             raise ValueError("EvalConfig: max_new_tokens, batch_size and timeout_s must be positive")
         from sqlcopilot_core.generate import check_decoding
 
-        check_decoding(self.decoding, self.num_beams, "EvalConfig")
+        check_decoding(self.decoding, self.num_beams, "EvalConfig", self.retry_beams)
 
 
 def resolve_spider_dir(spider_dir: str | os.PathLike | None) -> Path:
@@ -103,7 +106,8 @@ def predict_config(config: EvalConfig, prompt, greedy: bool = False):
     from sqlcopilot_core.generate import PredictConfig
 
     decoding = {} if greedy else {"decoding": config.decoding, "num_beams": config.num_beams,
-                                  "constrained": config.constrained, "prefer_nonempty": config.prefer_nonempty}
+                                  "constrained": config.constrained, "prefer_nonempty": config.prefer_nonempty,
+                                  "retry_beams": config.retry_beams}
     return PredictConfig(prompt, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, **decoding)
 
 

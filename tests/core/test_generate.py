@@ -106,7 +106,7 @@ def test_guided_and_constrained_decoding_record_their_choice(pet_examples, tiny)
 
     model, tokenizer = tiny
     config = PredictConfig(PromptSettings(value_hints=0), max_new_tokens=10, decoding="guided", num_beams=3,
-                           constrained=True)
+                           constrained=True, retry_beams=0)
     answers = predict_details(model, tokenizer, pet_examples, config, progress=False)
     assert len(answers) == len(pet_examples)
     for answer in answers:
@@ -116,6 +116,35 @@ def test_guided_and_constrained_decoding_record_their_choice(pet_examples, tiny)
         PredictConfig(decoding="sampled")
     with pytest.raises(ValueError, match="num_beams"):
         PredictConfig(decoding="beam", num_beams=0)
+
+
+def test_a_guided_question_nothing_ran_for_is_decoded_again_with_more_beams(pet_examples, tiny):
+    """The random tiny model's single beam writes SQL that does not run: the question is decoded again with
+    retry_beams beams, whose answer is that of a search with that many beams, and the first search is kept."""
+    from sqlcopilot_core.generate import predict_details
+
+    model, tokenizer = tiny
+    settings = PromptSettings(value_hints=0)
+    retried = predict_details(model, tokenizer, pet_examples,
+                              PredictConfig(settings, max_new_tokens=10, decoding="guided", num_beams=1,
+                                            retry_beams=3), progress=False)
+    wide = predict_details(model, tokenizer, pet_examples,
+                           PredictConfig(settings, max_new_tokens=10, decoding="guided", num_beams=3, retry_beams=0),
+                           progress=False)
+    once = predict_details(model, tokenizer, pet_examples,
+                           PredictConfig(settings, max_new_tokens=10, decoding="guided", num_beams=1, retry_beams=0),
+                           progress=False)
+    assert any(a["error"] for a in once)  # the crafted case: a single beam of random weights does not run
+    for first, again, three in zip(once, retried, wide):
+        assert "retried" not in first and "retried" not in three
+        if first["error"] is None:
+            assert "retried" not in again and again["sql"] == first["sql"]
+        else:
+            assert again["retried"] == {"num_beams": 3, "first_error": first["error"],
+                                        "first_candidates": first["candidate_sqls"]}
+            assert (again["sql"], again["candidate_sqls"]) == (three["sql"], three["candidate_sqls"])
+    with pytest.raises(ValueError, match="retry_beams"):
+        PredictConfig(decoding="guided", retry_beams=17)
 
 
 def test_constrained_search_with_no_candidate_answers_from_an_unconstrained_one(pet_examples, tiny, monkeypatch):
@@ -141,6 +170,7 @@ def test_constrained_search_with_no_candidate_answers_from_an_unconstrained_one(
     assert calls == [True, False] and len(candidates) == 2 and note == NO_CONSTRAINED_CANDIDATE
     assert extra == {"decode_ms": 2.0, "prefix_reused": False,  # the second search's, and the first one's
                      "constrained_decode_ms": 2.0, "constrained_prefix_reused": True}
-    config = PredictConfig(max_new_tokens=4, limit=2, decoding="guided", num_beams=2, constrained=True)
+    config = PredictConfig(max_new_tokens=4, limit=2, decoding="guided", num_beams=2, constrained=True,
+                           retry_beams=0)
     answers = predict_details(model, tokenizer, pet_examples, config, progress=False)
     assert all(a["fallback"] == NO_CONSTRAINED_CANDIDATE and a["candidates"] == 2 for a in answers)

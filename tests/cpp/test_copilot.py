@@ -90,3 +90,32 @@ def test_a_bit_flipped_graph_is_refused_by_the_runner_ask_and_predict(runtime, t
     assert named in capsys.readouterr().err and not (tmp_path / "preds.jsonl").exists()
     with CppRunner(runner, export_dir) as cpp:  # the original still loads
         assert len(cpp.generate([[1, 2, 3]], 2)[0][0]) >= 1
+
+
+def test_a_question_nothing_ran_for_is_decoded_again_with_more_beams(runtime, tmp_path):
+    """Through the C++ runner, batched (prefix reuse) and one by one: a guided question whose single beam does not
+    run is decoded again with retry_beams beams and answered as a 3-beam search would answer it."""
+    from transformers import AutoTokenizer
+
+    from sqlcopilot_core.copilot import Decoding, Runtime, decode_prompts
+    from sqlcopilot_core.prompting import Prompter, PromptSettings
+
+    export_dir, runner = runtime
+    db = make_shop(tmp_path / "shop.sqlite")
+    tokenizer = AutoTokenizer.from_pretrained(export_dir)
+    prompter = Prompter(PromptSettings(value_hints=0), tokenizer)
+    prompts = [(*prompter.split_ids(db, q), db) for q in ("total amount?", "ids?", "how many orders?")]
+    rt = Runtime(export_dir, runner)
+    for reuse in (True, False):
+        def run(num_beams: int, retry_beams: int):
+            return decode_prompts(rt, tokenizer, prompts, Decoding("guided", num_beams, max_new_tokens=8,
+                                                                   prefix_reuse=reuse, retry_beams=retry_beams),
+                                  progress=False)
+        once, retried, wide = run(1, 0), run(1, 3), run(3, 0)
+        assert any(a["error"] for a in once)
+        for first, again, three in zip(once, retried, wide):
+            if first["error"] is None:
+                assert "retried" not in again
+            else:
+                assert again["retried"]["num_beams"] == 3 and again["retried"]["first_error"] == first["error"]
+                assert again["candidate_sqls"] == three["candidate_sqls"] and again["sql"] == three["sql"]
