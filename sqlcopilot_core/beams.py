@@ -209,10 +209,11 @@ class Choice:
                 "error": self.error, "cut_from": self.cut_from}
 
 
-CUT_BEFORE = frozenset({"AND", "OR", "FROM", "JOIN", "ON", "WHERE", "GROUP", "HAVING", "ORDER", "LIMIT", "OFFSET",
+CUT_BEFORE = frozenset({"AND", "OR", "JOIN", "ON", "WHERE", "GROUP", "HAVING", "ORDER", "LIMIT", "OFFSET",
                         "UNION", "INTERSECT", "EXCEPT", "SELECT"})
 """The words a clause or a condition starts with: a cut-off candidate is cut just before one of them, so that no
-condition is left half written (`... AND age` runs in SQLite, as a truth test of age)."""
+condition is left half written (`... AND age` runs in SQLite, as a truth test of age). Never before FROM: a query
+without its FROM (`SELECT count(*)`, `... IN (SELECT age)`) runs and answers another question."""
 
 
 def statement_cuts(sql: str, limit: int = 64) -> list[str]:
@@ -306,8 +307,13 @@ def answer_from_candidates(candidates: Sequence[Candidate], tokenizer, db_path, 
     (`choose_runnable`). The Python scorer and the C++ copilot both use it."""
     from sqlcopilot_core.prompting import extract_sql
 
+    from sqlcopilot_core.generate import statement_end_ids
+
     sqls = [extract_sql(tokenizer.decode(c.tokens, skip_special_tokens=True)) for c in candidates] or [""]
-    cut_off = [max_new_tokens is not None and len(c.tokens) >= max_new_tokens for c in candidates] or [False]
+    stop_ids = statement_end_ids(tokenizer) if max_new_tokens is not None else frozenset()
+    # cut off: the limit came before the statement ended (a statement that ended on the last token is whole)
+    cut_off = [max_new_tokens is not None and len(c.tokens) >= max_new_tokens and c.tokens[-1] not in stop_ids
+               for c in candidates] or [False]
     answer = {"sql": sqls[0], "candidates": len(candidates), "candidate_sqls": sqls, "cut_off": cut_off}
     if guided:
         choice = choose_runnable(sqls, db_path, timeout_s=timeout_s, prefer_nonempty=prefer_nonempty,

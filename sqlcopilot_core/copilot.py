@@ -130,7 +130,8 @@ def decode_prompts(runtime: Runtime, tokenizer, prompts: list[tuple[list[int], l
             answers[i]["fallback"] = note
         if beams != width:  # the second search: say why it was made
             answers[i]["retried"] = {"num_beams": beams, "first_error": first["error"],
-                                     "first_candidates": first["candidate_sqls"]}
+                                     "first_candidates": first["candidate_sqls"],
+                                     "first_timing": {key: first.get(key) for key in timing}}
 
     def failed(indices: list[int]) -> list[int]:
         """Guided questions none of whose candidates ran: decoded once more with `retry` beams."""

@@ -245,9 +245,10 @@ def predict_details(model, tokenizer, examples: list[Example], config: PredictCo
                         constraint = constraints[db_path]
                     width = 1 if config.decoding == "greedy" else config.num_beams
                     retry = retry_width(config.decoding, width, config.retry_beams)
-                    for beams in (width, retry):
+                    for search_width in (width, retry):
                         candidates, _, note = decode_with_fallback(
-                            lambda constrained: (hf_beam_generate(model, prompts[i], beams, config.max_new_tokens,
+                            lambda constrained: (hf_beam_generate(model, prompts[i], search_width,
+                                                                  config.max_new_tokens,
                                                                   eos_id, stop_ids,
                                                                   constraint if constrained else None,
                                                                   prefix=cache), {}), constraint is not None)
@@ -259,8 +260,8 @@ def predict_details(model, tokenizer, examples: list[Example], config: PredictCo
                                                             max_new_tokens=config.max_new_tokens)
                         if note:
                             answers[i]["fallback"] = note
-                        if beams != width:  # the second search (copilot.decode_prompts does the same)
-                            answers[i]["retried"] = {"num_beams": beams, "first_error": first["error"],
+                        if search_width != width:  # the second search (copilot.decode_prompts does the same)
+                            answers[i]["retried"] = {"num_beams": search_width, "first_error": first["error"],
                                                      "first_candidates": first["candidate_sqls"]}
                         if not retry or answers[i].get("error") is None:
                             break

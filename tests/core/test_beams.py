@@ -228,12 +228,10 @@ def test_statement_cuts_keep_quotes_whole_and_close_parentheses():
         "SELECT name FROM pets WHERE age IN (SELECT age FROM pets WHERE name = 'a b c' AND age = 5)",
         "SELECT name FROM pets WHERE age IN (SELECT age FROM pets WHERE name = 'a b c')",
         "SELECT name FROM pets WHERE age IN (SELECT age FROM pets)",
-        "SELECT name FROM pets WHERE age IN (SELECT age)",
-        "SELECT name FROM pets",
-        "SELECT name"]
+        "SELECT name FROM pets"]  # never before FROM: `SELECT name` or `IN (SELECT age)` answer another question
     assert statement_cuts("SELECT name FROM pets WHERE name = 'x AND y' OR age = 1 AND") == [
         "SELECT name FROM pets WHERE name = 'x AND y' OR age = 1",  # never cut inside a string
-        "SELECT name FROM pets WHERE name = 'x AND y'", "SELECT name FROM pets", "SELECT name"]
+        "SELECT name FROM pets WHERE name = 'x AND y'", "SELECT name FROM pets"]
     assert len(statement_cuts(sql, limit=3)) == 3
 
 
@@ -246,11 +244,30 @@ def test_guided_choice_cuts_a_looping_candidate_only_when_nothing_runs(pets_db):
     # a candidate that runs whole comes before any cut
     assert choose_runnable([looping, "SELECT name FROM pets"], pets_db, cut_off=[True, False]).sql == \
         "SELECT name FROM pets"
-    # a candidate that ended on its own is never cut
+    # a candidate that ended on its own is never cut; a cut never drops the FROM of a table that does not exist
     assert choose_runnable([looping], pets_db, cut_off=[False]).error
+    missing = choose_runnable(["SELECT count(*) FROM petz WHERE age > 3 AND age >"], pets_db, cut_off=[True])
+    assert missing.error and missing.cut_from is None
     # a subquery cut off mid-way is closed
     nested = "SELECT name FROM pets WHERE age IN (SELECT age FROM pets WHERE name = 'Rex' ORDER BY"
     assert choose_runnable([nested], pets_db, cut_off=[True]).sql == \
         "SELECT name FROM pets WHERE age IN (SELECT age FROM pets WHERE name = 'Rex')"
     with sqlite3.connect(pets_db) as conn:
         assert conn.execute("SELECT count(*) FROM pets").fetchone() == (2,)
+
+
+def test_only_a_candidate_the_limit_stopped_counts_as_cut_off(pets_db, tiny):
+    """A candidate that ended on a statement end (`;`) at exactly max_new_tokens tokens is whole: never cut."""
+    from sqlcopilot_core.beams import Candidate, answer_from_candidates
+    from sqlcopilot_core.generate import statement_end_ids
+
+    _, tokenizer = tiny
+    stop = min(statement_end_ids(tokenizer))
+    body = tokenizer("SELECT name FROM pets WHERE age > 3 AND colour").input_ids  # no column colour
+    ended = Candidate(tuple(body) + (stop,), -1.0)
+    limited = Candidate(tuple(body), -1.0)
+    answer = answer_from_candidates([ended, limited], tokenizer, pets_db, True, max_new_tokens=len(body) + 1)
+    assert answer["cut_off"] == [False, False]
+    answer = answer_from_candidates([ended, limited], tokenizer, pets_db, True, max_new_tokens=len(body))
+    assert answer["cut_off"] == [False, True]
+    assert (answer["sql"], answer["chosen"]) == ("SELECT name FROM pets WHERE age > 3", 1) and answer["cut_from"]
