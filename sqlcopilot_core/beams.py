@@ -298,6 +298,15 @@ def choose_runnable(sqls: Sequence[str], db_path, *, timeout_s: float = 2.0, pre
     return Choice(sqls[0], 0, len(sqls), rejected[1:], error=rejected[0]["reason"])
 
 
+def mark_retried(answer: dict, first: dict, num_beams: int, timing: dict | None = None) -> None:
+    """Record on `answer` (a second search's) why it was made: the first search's error and candidates (and, from
+    the C++ runner, its timing). The C++ copilot and the Python scorer both use it."""
+    answer["retried"] = {"num_beams": num_beams, "first_error": first["error"],
+                         "first_candidates": first["candidate_sqls"]}
+    if timing is not None:
+        answer["retried"]["first_timing"] = {key: first.get(key) for key in timing}
+
+
 def answer_from_candidates(candidates: Sequence[Candidate], tokenizer, db_path, guided: bool, *,
                            timeout_s: float = 2.0, prefer_nonempty: bool = False,
                            max_new_tokens: int | None = None) -> dict:
@@ -305,9 +314,8 @@ def answer_from_candidates(candidates: Sequence[Candidate], tokenizer, db_path, 
     and for the guided choice also {"chosen", "tried", "rejected", "error", "cut_from"}. A candidate with
     `max_new_tokens` tokens was cut off by the limit: the guided choice may answer with a statement inside it
     (`choose_runnable`). The Python scorer and the C++ copilot both use it."""
-    from sqlcopilot_core.prompting import extract_sql
-
     from sqlcopilot_core.generate import statement_end_ids
+    from sqlcopilot_core.prompting import extract_sql
 
     sqls = [extract_sql(tokenizer.decode(c.tokens, skip_special_tokens=True)) for c in candidates] or [""]
     stop_ids = statement_end_ids(tokenizer) if max_new_tokens is not None else frozenset()

@@ -100,11 +100,10 @@ def decode_prompts(runtime: Runtime, tokenizer, prompts: list[tuple[list[int], l
     `retry_beams` beams (its answer then holds "retried": the first search's beams' error and candidates)."""
     from tqdm import tqdm
 
-    from sqlcopilot_core.beams import answer_from_candidates, decode_with_fallback
+    from sqlcopilot_core.beams import answer_from_candidates, decode_with_fallback, mark_retried
     from sqlcopilot_core.cpp_runtime import CppRunner
-    from sqlcopilot_core.sqlconstraint import constraint_spec
-
     from sqlcopilot_core.generate import retry_width
+    from sqlcopilot_core.sqlconstraint import constraint_spec
 
     order = sorted(range(len(prompts)), key=lambda i: (tuple(prompts[i][0]), i))
     answers: list[dict[str, Any]] = [{} for _ in prompts]
@@ -129,9 +128,7 @@ def decode_prompts(runtime: Runtime, tokenizer, prompts: list[tuple[list[int], l
         if note:
             answers[i]["fallback"] = note
         if beams != width:  # the second search: say why it was made
-            answers[i]["retried"] = {"num_beams": beams, "first_error": first["error"],
-                                     "first_candidates": first["candidate_sqls"],
-                                     "first_timing": {key: first.get(key) for key in timing}}
+            mark_retried(answers[i], first, beams, timing)
 
     def failed(indices: list[int]) -> list[int]:
         """Guided questions none of whose candidates ran: decoded once more with `retry` beams."""

@@ -203,7 +203,8 @@ def predict_details(model, tokenizer, examples: list[Example], config: PredictCo
     Examples are grouped by their schema prefix: with `prefix_reuse` it is computed once per group and every
     question's prompt continues from its cache (the tokens are those of a full prefill: tests/core/test_beams.py).
     """
-    from sqlcopilot_core.beams import answer_from_candidates, decode_with_fallback, hf_beam_generate, prefix_cache
+    from sqlcopilot_core.beams import (answer_from_candidates, decode_with_fallback, hf_beam_generate, mark_retried,
+                                       prefix_cache)
     from sqlcopilot_core.sqlconstraint import SchemaConstraint
 
     chosen = examples[:config.limit] if config.limit is not None else examples
@@ -261,8 +262,7 @@ def predict_details(model, tokenizer, examples: list[Example], config: PredictCo
                         if note:
                             answers[i]["fallback"] = note
                         if search_width != width:  # the second search (copilot.decode_prompts does the same)
-                            answers[i]["retried"] = {"num_beams": search_width, "first_error": first["error"],
-                                                     "first_candidates": first["candidate_sqls"]}
+                            mark_retried(answers[i], first, search_width)
                         if not retry or answers[i].get("error") is None:
                             break
                     bar.update(1)
