@@ -23,7 +23,8 @@ prompt's part of it):
   finished one, or repeat `ORDER BY ... LIMIT 1` until the token limit, stop there;
 - two operands in a row: after a number, a string or quoted name, a name or `)`, a number is refused, and a name
   or a string only in the select list or the FROM clause (where it is an alias); `(` never follows a number, a
-  string or `)`; DISTINCT / ALL never follow DISTINCT / ALL. (Beams that looped `LIMIT 1 (SELECT ... LIMIT 1 (`,
+  string or `)`; DISTINCT / ALL come only after SELECT, `(`, a set operator, IS or NOT; a table's name is no
+  operand (unless a column has it). (Beams that looped `LIMIT 1 (SELECT ... LIMIT 1 (`,
   `LIMIT 1. col`, `DISTINCT DISTINCT ...` until the token limit stop there.)
 - where the statement ends (the scope check, `_end`): every bare column name is a column of a table the statement
   names (anywhere in it: subqueries may read their outer query's tables), an alias or a result name it defines
@@ -33,6 +34,18 @@ prompt's part of it):
   or lose to one that can. The check is a union over the whole statement, so it can accept a column out of its
   scope (the execution-guided choice catches those) but it does not refuse a query SQLite runs (every gold query of
   Spider dev passes; of train, all but the three that SQLite refuses too).
+- per query part (`_resolve`): a column name is also checked against the part of the query it is written in (one
+  SELECT core: a set operator starts the next part, a parenthesis an inner one). `X.y` written before X is defined
+  (`SELECT T1.name FROM concert AS T1`) is checked where the part defines X: a FROM that gives T1 a table without
+  `name` is refused there, so the beam can still name T1 another table or the right one `AS T1`. Where a part ends
+  (a set operator, its `)`, the statement's end) each bare column and `table.y` of it must be a column of a table
+  the part reads (any column when it reads a subquery), a result name or an alias, and a bare column of two tables
+  the part reads (self-joins too) is ambiguous; what a part cannot resolve moves to the part around it (correlated
+  subqueries), and at the outermost part it cannot end. `X.y` may not name an alias of another part of a UNION /
+  INTERSECT / EXCEPT (SQLite: no such column).
+- LIMIT and OFFSET take an integer: after LIMIT n only OFFSET, `, m`, `)` or the statement's end may come (beams
+  looped `LIMIT 1 AND T2.x = T3.y AND ...` or `LIMIT 100000 = (SELECT ...` until the token limit); parentheses nest
+  at most MAX_DEPTH deep (Spider's gold queries: 3; looping beams nested `= (SELECT ... = (SELECT ...`).
 """
 
 from __future__ import annotations
@@ -66,6 +79,11 @@ FREE_RANK = 99
 """The rank of a depth that is not a query: a parenthesis (or a text) whose first clause word is not SELECT, such as
 `OVER (ORDER BY ...)`, `FILTER (WHERE ...)`, `VALUES (...)`: no order is kept there."""
 MAX_NUMBER = 24
+MAX_DEPTH = 6
+LIMIT_CLAUSES = frozenset({"limit", "offset"})
+DISTINCT_BEFORE = frozenset({"select", "union", "intersect", "except", "is", "not"})
+SUBQUERY = "("
+"""In a part's tables (State.parts): the part reads a subquery, whose columns the constraint does not know."""
 # what can end an operand (another operand cannot follow it), and the clauses where a name or string after one is an
 # alias
 OPERAND_ENDS = frozenset({"num", "str", "name", ")"})
@@ -107,7 +125,10 @@ class State:
     refs: tuple[tuple[str, str], ...] = ()  # every X.y used, to be resolved where the statement ends
     newline: bool = False  # the last character was a newline outside a string
     ended: bool = False
-    last: str = ""  # what ended last: "num", "str" (a string or quoted name), "name", ")", "distinct" (or ALL), ""
+    last: str = ""  # what ended last: "num", "str" (a string or quoted name), "name", ")", "distinct" (or ALL),
+    # "select" (SELECT, a set operator, IS or NOT: DISTINCT / ALL may follow), "(" (so may they), ""
+    parts: tuple[tuple[str, ...], ...] = ((),)  # per depth, the tables the query part reads (SUBQUERY: a subquery)
+    pending: tuple[tuple[int, str, str], ...] = ()  # (depth, qualifier or "" for a bare name, column) unresolved
 
 
 class SchemaConstraint:
@@ -170,7 +191,48 @@ class SchemaConstraint:
             state = self._complete(state, " ")
         if state is None or state.qualifier is not None or not self._in_scope(state):
             return None
-        return replace(state, ended=True)
+        state = self._resolve(state, final=True)
+        return None if state is None else replace(state, ended=True)
+
+    def _resolve(self, state: State, final: bool) -> State | None:
+        """The part at the state's depth ends: each of its pending names must be resolved by the tables it reads
+        (or a result name / alias); what is not moves to the part around it, or (final, or at depth 0) fails."""
+        depth, tables = state.depth, state.parts[-1]
+        pending = []
+        for entry in state.pending:
+            if entry[0] != depth:
+                pending.append(entry)
+                continue
+            _, qualifier, column = entry
+            if qualifier:
+                if qualifier in tables:
+                    continue
+            elif column in state.names or any(a == column for a, _ in state.defined) or SUBQUERY in tables:
+                continue
+            else:
+                having = sum(1 for t in tables if self._contains(self.columns[t], column))
+                if having > 1:
+                    return None  # ambiguous column name
+                if having == 1:
+                    continue
+            if final or depth == 0:
+                return None
+            pending.append((depth - 1, qualifier, column))
+        return replace(state, pending=tuple(pending))
+
+    def _define_alias(self, state: State, alias: str) -> State | None:
+        """A FROM clause names `alias` for its last table (None: a subquery): `X.y` written before it in this part
+        (the select list) must be a column of that table."""
+        depth, table = state.depth, state.table
+        pending = []
+        for entry in state.pending:
+            if entry[0] == depth and entry[1] == alias:
+                if table is not None and not self._contains(self.columns[table], entry[2]):
+                    return None
+                continue
+            pending.append(entry)
+        return replace(state, aliases=state.aliases + ((depth, alias, table),),
+                       defined=state.defined + ((alias, table),), pending=tuple(pending))
 
     def _in_scope(self, state: State) -> bool:
         """The scope check where the statement ends (the module's docstring)."""
@@ -230,6 +292,9 @@ class SchemaConstraint:
             return None
         if state.context == "table" and char != "(":
             return None
+        if state.clauses[-1] in LIMIT_CLAUSES and not (
+                char in ");" or (char == "," and state.last == "num" and state.clauses[-1] == "limit")):
+            return None  # LIMIT n [OFFSET m | , m]
         if char == ".":
             return state  # _complete made the word a qualifier
         if char in "'\"`[":
@@ -237,17 +302,23 @@ class SchemaConstraint:
                 return None
             return replace(state, mode="'\"`[".index(char) + 1, context="")
         if char == "(":
-            if state.last in ("num", "str", ")"):
+            if state.last in ("num", "str", ")") or state.depth >= MAX_DEPTH:
                 return None
+            parts = state.parts
+            if state.clauses[-1] == "from":
+                parts = parts[:-1] + (parts[-1] + (SUBQUERY,),)
             return replace(state, depth=state.depth + 1, clauses=state.clauses + ("",), ranks=state.ranks + (0,),
-                           context="", last="")
+                           context="", last="(", parts=parts + ((),))
         if char == ")":
             if state.depth == 0:
+                return None
+            state = self._resolve(state, final=False)
+            if state is None:
                 return None
             aliases = tuple(a for a in state.aliases if a[0] < state.depth)
             # an alias after `)` names the subquery, not the table it read last
             return replace(state, depth=state.depth - 1, clauses=state.clauses[:-1], ranks=state.ranks[:-1],
-                           aliases=aliases, context="", table=None, last=")")
+                           aliases=aliases, context="", table=None, last=")", parts=state.parts[:-1])
         if char == ",":
             in_from = state.clauses[-1] == "from"
             return replace(state, context="table" if in_from else "", last="")
@@ -267,6 +338,8 @@ class SchemaConstraint:
         word = state.word
         if word[:1].isdigit():
             return state.last not in OPERAND_ENDS
+        if state.clauses[-1] in LIMIT_CLAUSES:
+            return state.clauses[-1] == "limit" and state.last == "num" and "offset".startswith(word)
         if state.qualifier is not None:
             return _has_prefix(self._qualified_columns(state), word)
         if state.context == "table":
@@ -310,36 +383,44 @@ class SchemaConstraint:
         if state.qualifier is not None:
             if not self._contains(self._qualified_columns(state), word):
                 return None
-            return replace(state, qualifier=None, words=words, context="",
+            pending = state.pending
+            if not any(a[1] == state.qualifier for a in state.aliases):  # resolved where the part defines or reads it
+                pending += ((state.depth, state.qualifier, word),)
+            return replace(state, qualifier=None, words=words, context="", pending=pending,
                            refs=state.refs + ((state.qualifier, word),), last="name")
         context = state.context
         if context == "table":
             if word not in self.columns:
                 return None
             named = state.named if word in state.named else state.named + (word,)
-            return replace(state, table=word, words=words, context="after_table", named=named, last="name")
+            parts = state.parts[:-1] + (state.parts[-1] + (word,),)
+            return replace(state, table=word, words=words, context="after_table", named=named, last="name",
+                           parts=parts)
         if context == "alias":
             if state.clauses[-1] == "from":
-                aliases = state.aliases + ((state.depth, word, state.table),)
-                return replace(state, aliases=aliases, words=words, context="",
-                               defined=state.defined + ((word, state.table),), last="name")
+                state = self._define_alias(state, word)
+                return None if state is None else replace(state, words=words, context="", last="name")
             return replace(state, names=state.names + (word,), words=words, context="", last="name")
         if context == "after_table" and word not in KEYWORDS:
-            aliases = state.aliases + ((state.depth, word, state.table),)
-            return replace(state, aliases=aliases, words=words, context="",
-                           defined=state.defined + ((word, state.table),), last="name")
+            state = self._define_alias(state, word)
+            return None if state is None else replace(state, words=words, context="", last="name")
+        if state.clauses[-1] in LIMIT_CLAUSES and not (
+                word == "offset" and state.clauses[-1] == "limit" and state.last == "num"):
+            return None  # LIMIT n [OFFSET m]
         if word in KEYWORDS:
             distinct = word in ("distinct", "all")
-            if distinct and state.last == "distinct":
-                return None
-            return self._keyword(replace(state, words=words, last="distinct" if distinct else ""), word)
+            if distinct and state.last not in ("select", "("):
+                return None  # DISTINCT / ALL open a select list or an aggregate's arguments, follow UNION, IS [NOT]
+            last = "distinct" if distinct else "select" if word in DISTINCT_BEFORE else ""
+            return self._keyword(replace(state, words=words, last=last), word)
         if not self._may_follow(state):
             return None
-        if word in self.columns or any(a[1] == word for a in state.aliases) or word in state.names:
+        if any(a[1] == word for a in state.aliases) or word in state.names:
             return replace(state, words=words, context="", last="name")
         if self._contains(self.all_columns, word):
             bare = state.bare if word in state.bare else state.bare + (word,)
-            return replace(state, words=words, context="", bare=bare, last="name")
+            pending = state.pending + ((state.depth, "", word),)
+            return replace(state, words=words, context="", bare=bare, pending=pending, last="name")
         return None
 
     def _keyword(self, state: State, word: str) -> State | None:
@@ -356,8 +437,12 @@ class SchemaConstraint:
         if word == "as":
             return replace(state, context="alias")
         if word in SET_OPERATORS:
+            state = self._resolve(state, final=False)
+            if state is None:
+                return None
             aliases = tuple(a for a in state.aliases if a[0] < state.depth)
-            return replace(state, clauses=clauses[:-1] + (word,), aliases=aliases, context="", table=None)
+            return replace(state, clauses=clauses[:-1] + (word,), aliases=aliases, context="", table=None,
+                           parts=state.parts[:-1] + ((),))
         if word in CLAUSE_WORDS:
             return replace(state, clauses=clauses[:-1] + (word,), context="")
         return replace(state, context="")

@@ -221,6 +221,10 @@ inline bool may_follow(const SchemaConstraint::State& s) {
   return !operand_end(s.last) || s.clauses.back() == kSelect || s.clauses.back() == kFrom;
 }
 constexpr size_t kMaxNumber = 24;  // sqlconstraint.MAX_NUMBER, in characters
+constexpr int32_t kMaxDepth = 6;   // sqlconstraint.MAX_DEPTH
+
+// sqlconstraint.LIMIT_CLAUSES
+inline bool limit_clause(char clause) { return clause == kLimit || clause == kOffset; }
 
 // Characters (code points) of a UTF-8 string: what Python's len() counts.
 inline size_t code_points(const std::string& text) {
@@ -259,6 +263,12 @@ std::shared_ptr<const SchemaConstraint::Scope> make_scope(SchemaConstraint::Scop
     hash = mix(mix(hash, text_hash(alias)), static_cast<size_t>(table + 1));
   for (const auto& b : scope.bare) hash = mix(hash, text_hash(b));
   for (const auto& [q, column] : scope.refs) hash = mix(mix(hash, text_hash(q)), text_hash(column));
+  for (const auto& part : scope.parts) {
+    hash = mix(hash, part.size());
+    for (int32_t t : part) hash = mix(hash, static_cast<size_t>(t + 2));
+  }
+  for (const auto& p : scope.pending)
+    hash = mix(mix(mix(hash, static_cast<size_t>(p.depth)), text_hash(p.qualifier)), text_hash(p.column));
   scope.hash = hash;
   return std::make_shared<const SchemaConstraint::Scope>(std::move(scope));
 }
@@ -271,10 +281,27 @@ void edit_scope(SchemaConstraint::State& s, Edit edit) {
   s.scope = make_scope(std::move(scope));
 }
 
-void add_alias(SchemaConstraint::State& s, SchemaConstraint::Alias alias, bool defines) {
-  edit_scope(s, [&](SchemaConstraint::Scope& scope) {
-    if (defines) scope.defined.emplace_back(alias.name, alias.table);
-    scope.aliases.push_back(std::move(alias));
+const std::vector<int32_t> kNoTables;
+
+// parts[depth] (none past the end)
+inline const std::vector<int32_t>& part_of(const SchemaConstraint::State& s, int32_t depth) {
+  const auto& parts = scope_of(s).parts;
+  return static_cast<size_t>(depth) < parts.size() ? parts[static_cast<size_t>(depth)] : kNoTables;
+}
+
+// The part at `depth` reads `table` (kSubquery: a subquery).
+inline void add_to_part(SchemaConstraint::Scope& scope, int32_t depth, int32_t table) {
+  if (scope.parts.size() <= static_cast<size_t>(depth)) scope.parts.resize(static_cast<size_t>(depth) + 1);
+  scope.parts[static_cast<size_t>(depth)].push_back(table);
+}
+
+// The part at the state's depth is over (a set operator, its `)`): it reads no table any more.
+void clear_part(SchemaConstraint::State& s) {
+  if (part_of(s, s.depth).empty()) return;
+  const auto depth = static_cast<size_t>(s.depth);
+  edit_scope(s, [depth](SchemaConstraint::Scope& scope) {
+    scope.parts[depth].clear();
+    while (!scope.parts.empty() && scope.parts.back().empty()) scope.parts.pop_back();
   });
 }
 
@@ -518,6 +545,9 @@ bool SchemaConstraint::feed_char(State& s, uint32_t cp, const char* bytes, size_
   if (flags & kSpaceChar) return true;
   if (!(flags & kPunctChar)) return false;
   if (s.context == kTable && cp != '(') return false;
+  const char clause = s.clauses.back();
+  if (limit_clause(clause) && !(cp == ')' || cp == ';' || (cp == ',' && s.last == kLastNumber && clause == kLimit)))
+    return false;  // LIMIT n [OFFSET m | , m]
   switch (cp) {
     case '.':
       return true;  // complete made the word a qualifier
@@ -527,8 +557,13 @@ bool SchemaConstraint::feed_char(State& s, uint32_t cp, const char* bytes, size_
       s.context = kNone;
       return true;
     case '(':
-      if (s.last == kLastNumber || s.last == kLastString || s.last == kLastClose) return false;
-      s.last = kLastOther;
+      if (s.last == kLastNumber || s.last == kLastString || s.last == kLastClose || s.depth >= kMaxDepth)
+        return false;
+      if (clause == kFrom) {
+        const int32_t depth = s.depth;
+        edit_scope(s, [depth](Scope& scope) { add_to_part(scope, depth, kSubquery); });
+      }
+      s.last = kLastOpen;
       ++s.depth;
       s.clauses.push_back(kNoClause);
       s.ranks.push_back(0);
@@ -536,6 +571,8 @@ bool SchemaConstraint::feed_char(State& s, uint32_t cp, const char* bytes, size_
       return true;
     case ')':
       if (s.depth == 0) return false;
+      if (!resolve(s, false)) return false;
+      clear_part(s);
       drop_inner_aliases(s);
       --s.depth;
       s.clauses.pop_back();
@@ -568,7 +605,7 @@ bool SchemaConstraint::feed_char(State& s, uint32_t cp, const char* bytes, size_
 bool SchemaConstraint::end_statement(State& s) const {
   if (s.mode != 0 || s.depth != 0 || s.words == 0) return false;
   if (!s.word.empty() && !complete(s, ' ')) return false;
-  if (!s.qualifier.empty() || !in_scope(s)) return false;
+  if (!s.qualifier.empty() || !in_scope(s) || !resolve(s, true)) return false;
   s.ended = true;
   return true;
 }
@@ -601,9 +638,69 @@ bool SchemaConstraint::in_scope(const State& s) const {
   return true;
 }
 
+// sqlconstraint._resolve: the part at the state's depth ends; each of its pending names must be resolved by the tables
+// it reads (or a result name / alias); what is not moves to the part around it, or (final, or at depth 0) fails.
+bool SchemaConstraint::resolve(State& s, bool final) const {
+  const Scope& scope = scope_of(s);
+  const int32_t depth = s.depth;
+  if (std::none_of(scope.pending.begin(), scope.pending.end(), [depth](const Pending& p) { return p.depth == depth; }))
+    return true;
+  const std::vector<int32_t>& tables = part_of(s, depth);
+  const bool subquery = std::find(tables.begin(), tables.end(), kSubquery) != tables.end();
+  std::vector<Pending> pending;
+  for (const Pending& p : scope.pending) {
+    if (p.depth != depth) {
+      pending.push_back(p);
+      continue;
+    }
+    if (!p.qualifier.empty()) {
+      const int32_t table = find_table(p.qualifier);
+      if (table >= 0 && std::find(tables.begin(), tables.end(), table) != tables.end()) continue;
+    } else if (std::find(scope.names.begin(), scope.names.end(), p.column) != scope.names.end() ||
+               std::any_of(scope.defined.begin(), scope.defined.end(),
+                           [&](const auto& d) { return d.first == p.column; }) ||
+               subquery) {
+      continue;
+    } else {
+      int having = 0;
+      for (int32_t t : tables)
+        if (t >= 0 && contains(columns_[static_cast<size_t>(t)], p.column)) ++having;
+      if (having > 1) return false;  // ambiguous column name
+      if (having == 1) continue;
+    }
+    if (final || depth == 0) return false;
+    pending.push_back(Pending{depth - 1, p.qualifier, p.column});
+  }
+  edit_scope(s, [&](Scope& edited) { edited.pending = std::move(pending); });
+  return true;
+}
+
+// sqlconstraint._define_alias: a FROM clause names `alias` for its last table (-1: a subquery); `X.y` written before
+// it in this part (the select list) must be a column of that table.
+bool SchemaConstraint::define_alias(State& s, std::string alias) const {
+  const int32_t depth = s.depth, table = s.table;
+  std::vector<Pending> pending;
+  for (const Pending& p : scope_of(s).pending) {
+    if (p.depth == depth && p.qualifier == alias) {
+      if (table >= 0 && !contains(columns_[static_cast<size_t>(table)], p.column)) return false;
+      continue;
+    }
+    pending.push_back(p);
+  }
+  edit_scope(s, [&](Scope& scope) {
+    scope.pending = std::move(pending);
+    scope.defined.emplace_back(alias, table);
+    scope.aliases.push_back(Alias{depth, std::move(alias), table});
+  });
+  return true;
+}
+
 bool SchemaConstraint::partial_ok(const State& s) const {
   const std::string& word = s.word;
   if (starts_with_digit(word)) return !operand_end(s.last);
+  if (limit_clause(s.clauses.back()))
+    return s.clauses.back() == kLimit && s.last == kLastNumber && word.size() <= 6 &&
+           std::string("offset").compare(0, word.size(), word) == 0;
   if (!s.qualifier.empty()) return has_prefix(qualified_columns(s), word);
   if (s.context == kTable) return has_prefix(tables_, word);
   if (s.context == kAlias || s.context == kAfterTable) return true;
@@ -658,7 +755,11 @@ bool SchemaConstraint::complete(State& s, uint32_t next) const {
   s.last = kLastName;  // every path below that accepts the word ends a name, but a keyword's
   if (!s.qualifier.empty()) {
     if (!contains(qualified_columns(s), word)) return false;
-    edit_scope(s, [&](Scope& scope) { scope.refs.emplace_back(s.qualifier, word); });
+    const bool alias = has_alias(s, s.qualifier);  // resolved where the part defines or reads it
+    edit_scope(s, [&](Scope& scope) {
+      scope.refs.emplace_back(s.qualifier, word);
+      if (!alias) scope.pending.push_back(Pending{s.depth, s.qualifier, word});
+    });
     s.qualifier.clear();
     ++s.words;
     s.context = kNone;
@@ -667,32 +768,43 @@ bool SchemaConstraint::complete(State& s, uint32_t next) const {
   if (s.context == kTable) {
     const int32_t table = find_table(word);
     if (table < 0) return false;
-    const auto& named = scope_of(s).named;
-    if (std::find(named.begin(), named.end(), table) == named.end())
-      edit_scope(s, [table](Scope& scope) { scope.named.push_back(table); });
+    const int32_t depth = s.depth;
+    edit_scope(s, [table, depth](Scope& scope) {
+      if (std::find(scope.named.begin(), scope.named.end(), table) == scope.named.end()) scope.named.push_back(table);
+      add_to_part(scope, depth, table);
+    });
     s.table = table;
     ++s.words;
     s.context = kAfterTable;
     return true;
   }
   if (s.context == kAlias) {
-    if (s.clauses.back() == kFrom) add_alias(s, Alias{s.depth, std::move(word), s.table}, true);
-    else add_name(s, std::move(word));
+    if (s.clauses.back() == kFrom) {
+      if (!define_alias(s, std::move(word))) return false;
+    } else {
+      add_name(s, std::move(word));
+    }
     ++s.words;
     s.context = kNone;
     return true;
   }
   const int action = keyword_action(word);
   if (s.context == kAfterTable && action == kNotKeyword) {
-    add_alias(s, Alias{s.depth, std::move(word), s.table}, true);
+    if (!define_alias(s, std::move(word))) return false;
     ++s.words;
     s.context = kNone;
     return true;
   }
+  const char clause = s.clauses.back();
+  if (limit_clause(clause) && !(word == "offset" && clause == kLimit && was == kLastNumber))
+    return false;  // LIMIT n [OFFSET m]
   if (action != kNotKeyword) {
     const bool distinct = word == "distinct" || word == "all";
-    if (distinct && was == kLastDistinct) return false;
-    s.last = distinct ? kLastDistinct : kLastOther;
+    // DISTINCT / ALL open a select list or an aggregate's arguments, follow UNION, IS [NOT]
+    if (distinct && was != kLastSelect && was != kLastOpen) return false;
+    const bool opens = action == kSelect || action == kUnion || action == kIntersect || action == kExcept ||
+                       word == "is" || word == "not";  // sqlconstraint.DISTINCT_BEFORE
+    s.last = distinct ? kLastDistinct : opens ? kLastSelect : kLastOther;
     ++s.words;
     return keyword(s, action);
   }
@@ -700,15 +812,17 @@ bool SchemaConstraint::complete(State& s, uint32_t next) const {
   if (!may_follow(s)) return false;
   s.last = kLastName;
   const auto& names = s.names();
-  if (find_table(word) >= 0 || has_alias(s, word) || std::find(names.begin(), names.end(), word) != names.end()) {
+  if (has_alias(s, word) || std::find(names.begin(), names.end(), word) != names.end()) {
     ++s.words;
     s.context = kNone;
     return true;
   }
   if (contains(all_columns_, word)) {  // a bare column: the scope check looks for its table at the end
-    const auto& bare = scope_of(s).bare;
-    if (std::find(bare.begin(), bare.end(), word) == bare.end())
-      edit_scope(s, [&](Scope& scope) { scope.bare.push_back(word); });
+    const int32_t depth = s.depth;
+    edit_scope(s, [&](Scope& scope) {
+      if (std::find(scope.bare.begin(), scope.bare.end(), word) == scope.bare.end()) scope.bare.push_back(word);
+      scope.pending.push_back(Pending{depth, "", word});
+    });
     ++s.words;
     s.context = kNone;
     return true;
@@ -742,6 +856,8 @@ bool SchemaConstraint::keyword(State& s, int action) const {
       s.context = kAlias;
       return true;
     case kUnion: case kIntersect: case kExcept:
+      if (!resolve(s, false)) return false;
+      clear_part(s);
       drop_inner_aliases(s);
       s.clauses.back() = static_cast<char>(action);
       s.context = kNone;

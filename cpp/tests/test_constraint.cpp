@@ -117,6 +117,21 @@ int main() {
     expect_accepted(c, "SELECT owner_name FROM pets JOIN owners ON pets.id = owners.pet_id", 11);
     expect_accepted(c, "SELECT T.name FROM (SELECT owner_name AS name FROM owners) AS T", 12);
   });
+  run("each query part reads its own tables; LIMIT takes integers; DISTINCT opens a list", [&] {
+    auto c = pets(vocab);
+    expect_rejected(c, "SELECT T1.owner_name FROM pets AS T1 JOIN owners AS T2 ON T1.id = T2.pet_id", 36);  // AS T1
+    expect_rejected(c, "SELECT name FROM pets UNION SELECT name FROM owners", 51);  // owners has no name
+    expect_rejected(c, "SELECT T1.name FROM pets AS T1 UNION SELECT T1.name FROM owners AS T2", 69);
+    expect_rejected(c, "SELECT id FROM pets JOIN owners ON pets.id = owners.pet_id", 58);  // ambiguous
+    expect_rejected(c, "SELECT name FROM pets LIMIT 1 AND age > 1", 30);
+    expect_rejected(c, "SELECT DISTINCT name , DISTINCT age FROM pets", 31);
+    expect_rejected(c, "SELECT avg(pets) FROM pets", 15);  // a table's name is no operand
+    expect_rejected(c, "SELECT name FROM pets WHERE age = ((((((((1))))))))", 40);  // deeper than 6
+    expect_accepted(c, "SELECT T2.owner_name FROM pets AS T1 JOIN owners AS T2 ON T1.id = T2.pet_id", 16);
+    expect_accepted(c, "SELECT name FROM pets WHERE id IN (SELECT pet_id FROM owners WHERE owner_name = name)", 14);
+    expect_accepted(c, "SELECT T1.name FROM pets AS T1 INTERSECT SELECT T1.owner_name FROM owners AS T1", 15);
+    expect_accepted(c, "SELECT name FROM pets LIMIT 2, 1", 7);
+  });
   run("an unknown table after FROM is rejected", [&] {
     auto c = pets(vocab);
     expect_rejected(c, "SELECT name FROM animals", 17);
@@ -138,8 +153,8 @@ int main() {
     expect_accepted(c, "SELECT count(*) FILTER (WHERE age > 1) FROM pets", 8);
     expect_accepted(c, "SELECT name FROM pets WHERE age IS NOT DISTINCT FROM (SELECT max(age) FROM pets)", 15);
     expect_accepted(c, "VALUES (1) UNION SELECT age FROM pets", 7);
-    expect_rejected(c, "SELECT name FROM pets ORDER BY age LIMIT 1 ORDER BY", 48);
-    expect_rejected(c, "SELECT name FROM pets LIMIT 1 SELECT", 36);
+    expect_rejected(c, "SELECT name FROM pets ORDER BY age LIMIT 1 ORDER BY", 44);
+    expect_rejected(c, "SELECT name FROM pets LIMIT 1 SELECT", 30);
     expect_rejected(c, "SELECT name FROM pets ORDER BY age UNION", 40);
     expect_rejected(c, "SELECT name FROM pets WHERE age > 1 JOIN", 40);
     expect_rejected(c, "SELECT name FROM pets LIMIT 1000000000000000000000000", 52);  // a number of 25 digits
@@ -147,7 +162,7 @@ int main() {
   run("two operands in a row are refused except as an alias", [&] {
     auto c = pets(vocab);
     expect_rejected(c, "SELECT name FROM pets LIMIT 1 (SELECT", 30);  // `(` after a number
-    expect_rejected(c, "SELECT name FROM pets LIMIT 1. name", 33);    // "nam": no keyword starts so
+    expect_rejected(c, "SELECT name FROM pets LIMIT 1. name", 31);    // "n": after LIMIT n only OFFSET
     expect_rejected(c, "SELECT DISTINCT DISTINCT name", 24);
     expect_rejected(c, "SELECT name FROM pets WHERE age = 1 name", 38);
     expect_rejected(c, "SELECT name FROM pets WHERE name = 'a' 'b'", 39);

@@ -143,6 +143,38 @@ def test_constraint_checks_scope_where_the_statement_ends(pets_db, tiny):
     assert constraint.advance(state, tiny[1].eos_token_id) is None
 
 
+def test_constraint_checks_scope_per_query_part(pets_db, tiny):
+    """Each part of a query (a SELECT core) reads its own tables: `X.y` written before X is defined is checked where
+    the FROM defines X, a name of another UNION part's table or alias cannot end, a bare column of two tables is
+    ambiguous; subqueries may still read their outer query's names. LIMIT takes integers, DISTINCT opens a list, a
+    table's name is no operand (the teacher's failing beams on Spider dev wrote each of these)."""
+    constraint = SchemaConstraint.for_database(pets_db, tiny[1])
+    runs = ["SELECT T2.owner_name FROM pets AS T1 JOIN owners AS T2 ON T1.id = T2.pet_id",
+            "SELECT T1.name FROM pets AS T1 INTERSECT SELECT T1.owner_name FROM owners AS T1",
+            "SELECT name FROM pets WHERE id IN (SELECT pet_id FROM owners WHERE owner_name = name)",
+            "SELECT (SELECT count(*) FROM owners WHERE pet_id = pets.id) FROM pets",
+            "SELECT (SELECT max(T2.owner_name) FROM owners AS T2 WHERE T2.pet_id = T1.id) FROM pets AS T1",
+            "SELECT name FROM (SELECT name FROM pets) UNION SELECT owner_name FROM owners",
+            "SELECT T1.name FROM pets AS T1 JOIN pets AS T2 ON T1.id = T2.id",
+            "SELECT count(DISTINCT name) FROM pets LIMIT 1 OFFSET 1", "SELECT name FROM pets LIMIT 2, 1"]
+    fails = ["SELECT T1.owner_name FROM pets AS T1 JOIN owners AS T2 ON T1.id = T2.pet_id",
+             "SELECT name FROM pets UNION SELECT name FROM owners",
+             "SELECT T1.name FROM pets AS T1 UNION SELECT T1.name FROM owners AS T2",
+             "SELECT id FROM pets JOIN owners ON pets.id = owners.pet_id",
+             "SELECT name FROM pets AS T1 JOIN pets AS T2 ON T1.id = T2.id",
+             "SELECT name FROM pets LIMIT 1 AND age > 1", "SELECT DISTINCT name , DISTINCT age FROM pets",
+             "SELECT avg(pets) FROM pets"]
+    agrees_with_sqlite(pets_db, constraint, runs, fails, fail_end=";")
+    # refused where the part defines T1 for a table without the column: `AS T2` and a T1 that has it stay open
+    assert not constraint.accepts("SELECT T1.owner_name FROM pets AS T1 ")
+    assert constraint.accepts("SELECT T1.owner_name FROM pets AS T2 JOIN owners AS T1 ON")
+    # LIMIT takes an integer and then ends; parentheses nest at most MAX_DEPTH deep
+    for bad in ["SELECT name FROM pets LIMIT 1 AND", "SELECT name FROM pets LIMIT 1 = (", "SELECT name FROM pets "
+                "LIMIT age", "SELECT name FROM pets LIMIT 1 OFFSET 1, 2", "SELECT name FROM pets WHERE age = " + "(" * 7]:
+        assert not constraint.accepts(bad), bad
+    assert constraint.accepts("SELECT name FROM pets WHERE age = " + "(" * 6)
+
+
 def test_constraint_keeps_clauses_in_sql_order(pets_db, tiny):
     """Clauses once each and in SQLite's order, per parenthesis depth: a beam cannot start a second query after a
     finished one or repeat `ORDER BY ... LIMIT 1` until the token limit (what the teacher's failing beams did)."""

@@ -73,8 +73,19 @@ class SchemaConstraint {
       return depth == other.depth && table == other.table && name == other.name;
     }
   };
+  // A name not resolved yet (Python's State.pending): (depth, qualifier or "" for a bare column, column).
+  struct Pending {
+    int32_t depth;
+    std::string qualifier;
+    std::string column;
+    bool operator==(const Pending& other) const {
+      return depth == other.depth && qualifier == other.qualifier && column == other.column;
+    }
+  };
+  static constexpr int32_t kSubquery = -2;  // in a part's tables: the part reads a subquery (sqlconstraint.SUBQUERY)
   // The aliases and column names the query defined, and what the scope check at the statement's end reads (Python's
-  // named / defined / bare / refs): shared between states (copy on write), null when all are empty.
+  // named / defined / bare / refs), the tables of each query part and the names they have not resolved yet (parts /
+  // pending): shared between states (copy on write), null when all are empty.
   struct Scope {
     std::vector<Alias> aliases;
     std::vector<std::string> names;
@@ -82,19 +93,24 @@ class SchemaConstraint {
     std::vector<std::pair<std::string, int32_t>> defined;        // every (alias, table or -1) defined
     std::vector<std::string> bare;                               // bare column names used
     std::vector<std::pair<std::string, std::string>> refs;       // every X.y used
+    // per depth, the tables the query part reads (kSubquery: a subquery); depths past the end read none (kept so)
+    std::vector<std::vector<int32_t>> parts;
+    std::vector<Pending> pending;                                // names the parts have not resolved yet
     size_t hash = 0;
     bool empty() const {
-      return aliases.empty() && names.empty() && named.empty() && defined.empty() && bare.empty() && refs.empty();
+      return aliases.empty() && names.empty() && named.empty() && defined.empty() && bare.empty() && refs.empty() &&
+             parts.empty() && pending.empty();
     }
     bool operator==(const Scope& o) const {
       return aliases == o.aliases && names == o.names && named == o.named && defined == o.defined &&
-             bare == o.bare && refs == o.refs;
+             bare == o.bare && refs == o.refs && parts == o.parts && pending == o.pending;
     }
   };
   enum Context : uint8_t { kNone = 0, kTable = 1, kAlias = 2, kAfterTable = 3 };
   // What ended last (sqlconstraint.State.last): an operand cannot follow an operand except as an alias.
+  // kLastSelect: SELECT, a set operator, IS or NOT; kLastOpen: `(` (DISTINCT / ALL may follow either).
   enum Last : uint8_t { kLastOther = 0, kLastNumber = 1, kLastString = 2, kLastName = 3, kLastClose = 4,
-                        kLastDistinct = 5 };
+                        kLastDistinct = 5, kLastSelect = 6, kLastOpen = 7 };
 
   // Python's State, field for field. Small to copy: the strings are short, the scope is shared.
   struct State {
@@ -158,6 +174,8 @@ class SchemaConstraint {
   bool feed_char(State& s, uint32_t cp, const char* bytes, size_t length) const;
   bool end_statement(State& s) const;
   bool in_scope(const State& s) const;
+  bool resolve(State& s, bool final) const;
+  bool define_alias(State& s, std::string alias) const;
   bool complete(State& s, uint32_t next) const;
   bool keyword(State& s, int code) const;
   bool partial_ok(const State& s) const;
