@@ -45,7 +45,8 @@ prompt's part of it):
   INTERSECT / EXCEPT (SQLite: no such column).
 - LIMIT and OFFSET take an integer: after LIMIT n only OFFSET, `, m`, `)` or the statement's end may come (beams
   looped `LIMIT 1 AND T2.x = T3.y AND ...` or `LIMIT 100000 = (SELECT ...` until the token limit); parentheses nest
-  at most MAX_DEPTH deep (Spider's gold queries: 3; looping beams nested `= (SELECT ... = (SELECT ...`).
+  at most MAX_DEPTH deep (Spider's gold queries: 3; looping beams nested `= (SELECT ... = (SELECT ...`), a string
+  or quoted name holds at most MAX_STRING characters (gold: 39; beams looped `"T1.T2.T2.T2...` until the limit).
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ FREE_RANK = 99
 `OVER (ORDER BY ...)`, `FILTER (WHERE ...)`, `VALUES (...)`: no order is kept there."""
 MAX_NUMBER = 24
 MAX_DEPTH = 6
+MAX_STRING = 100
+"""Characters of a string or quoted name at most (Spider's gold queries: 39; looping beams wrote `"T1.T2.T2.T2...`)."""
 LIMIT_CLAUSES = frozenset({"limit", "offset"})
 DISTINCT_BEFORE = frozenset({"select", "union", "intersect", "except", "is", "not"})
 SUBQUERY = "("
@@ -109,6 +112,7 @@ def _has_prefix(names: list[str], prefix: str) -> bool:
 @dataclass(frozen=True)
 class State:
     mode: int = 0  # 0 SQL, 1 '...', 2 "...", 3 `...`, 4 [...]
+    quoted: int = 0  # characters of the string or quoted name being written
     depth: int = 0
     word: str = ""  # the identifier or number being written (lowercase)
     qualifier: str | None = None  # X of `X.` before the word
@@ -277,7 +281,9 @@ class SchemaConstraint:
         mode = state.mode
         if mode:
             closing = {1: "'", 2: '"', 3: "`", 4: "]"}[mode]
-            return replace(state, mode=0, words=state.words + 1, last="str") if char == closing else state
+            if char == closing:
+                return replace(state, mode=0, words=state.words + 1, last="str", quoted=0)
+            return replace(state, quoted=state.quoted + 1) if state.quoted < MAX_STRING else None
         if char.isalnum() or char == "_" or (char == "." and state.word[:1].isdigit()):
             if len(state.word) >= MAX_NUMBER and state.word[:1].isdigit():
                 return None
@@ -320,8 +326,10 @@ class SchemaConstraint:
             return replace(state, depth=state.depth - 1, clauses=state.clauses[:-1], ranks=state.ranks[:-1],
                            aliases=aliases, context="", table=None, last=")", parts=state.parts[:-1])
         if char == ",":
-            in_from = state.clauses[-1] == "from"
-            return replace(state, context="table" if in_from else "", last="")
+            clause = state.clauses[-1]
+            if clause == "limit":  # LIMIT a, b is LIMIT b OFFSET a: nothing more may follow b
+                return replace(state, clauses=state.clauses[:-1] + ("offset",), last="")
+            return replace(state, context="table" if clause == "from" else "", last="")
         if char == ";":
             return self._end(state) if state.depth == 0 else None
         if char == "*" and state.qualifier is not None:

@@ -222,6 +222,7 @@ inline bool may_follow(const SchemaConstraint::State& s) {
 }
 constexpr size_t kMaxNumber = 24;  // sqlconstraint.MAX_NUMBER, in characters
 constexpr int32_t kMaxDepth = 6;   // sqlconstraint.MAX_DEPTH
+constexpr int32_t kMaxString = 100;  // sqlconstraint.MAX_STRING, in characters
 
 // sqlconstraint.LIMIT_CLAUSES
 inline bool limit_clause(char clause) { return clause == kLimit || clause == kOffset; }
@@ -392,7 +393,7 @@ const std::vector<SchemaConstraint::Alias>& SchemaConstraint::State::aliases() c
 const std::vector<std::string>& SchemaConstraint::State::names() const { return scope_of(*this).names; }
 
 bool SchemaConstraint::State::operator==(const State& o) const {
-  if (mode != o.mode || context != o.context || newline != o.newline || ended != o.ended || last != o.last ||
+  if (mode != o.mode || quoted != o.quoted || context != o.context || newline != o.newline || ended != o.ended || last != o.last ||
       depth != o.depth ||
       words != o.words || table != o.table || word != o.word || qualifier != o.qualifier || clauses != o.clauses ||
       ranks != o.ranks)
@@ -406,6 +407,7 @@ size_t SchemaConstraint::State::hash() const {
   size_t h = static_cast<size_t>(mode) | static_cast<size_t>(context) << 8 | static_cast<size_t>(newline) << 16 |
               static_cast<size_t>(ended) << 17 | static_cast<size_t>(last) << 24;
   h = mix(h, static_cast<size_t>(depth));
+  h = mix(h, static_cast<size_t>(quoted));
   h = mix(h, static_cast<size_t>(words));
   h = mix(h, static_cast<size_t>(table + 1));
   h = mix(h, text_hash(word));
@@ -532,7 +534,11 @@ bool SchemaConstraint::feed_char(State& s, uint32_t cp, const char* bytes, size_
       s.mode = 0;
       ++s.words;
       s.last = kLastString;
+      s.quoted = 0;
+      return true;
     }
+    if (s.quoted >= kMaxString) return false;
+    ++s.quoted;
     return true;
   }
   const uint8_t flags = classify(cp);
@@ -582,7 +588,12 @@ bool SchemaConstraint::feed_char(State& s, uint32_t cp, const char* bytes, size_
       s.last = kLastClose;
       return true;
     case ',':
-      s.context = s.clauses.back() == kFrom ? kTable : kNone;
+      if (clause == kLimit) {  // LIMIT a, b is LIMIT b OFFSET a: nothing more may follow b
+        s.clauses.back() = kOffset;
+        s.last = kLastOther;
+        return true;
+      }
+      s.context = clause == kFrom ? kTable : kNone;
       s.last = kLastOther;
       return true;
     case ';':

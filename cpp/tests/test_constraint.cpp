@@ -131,6 +131,8 @@ int main() {
     expect_accepted(c, "SELECT name FROM pets WHERE id IN (SELECT pet_id FROM owners WHERE owner_name = name)", 14);
     expect_accepted(c, "SELECT T1.name FROM pets AS T1 INTERSECT SELECT T1.owner_name FROM owners AS T1", 15);
     expect_accepted(c, "SELECT name FROM pets LIMIT 2, 1", 7);
+    expect_rejected(c, "SELECT name FROM pets LIMIT 2, 1, 3", 32);  // LIMIT a, b ends there
+    expect_rejected(c, "SELECT name FROM pets WHERE name = '" + std::string(101, 'x') + "'", 136);  // > 100 characters
   });
   run("an unknown table after FROM is rejected", [&] {
     auto c = pets(vocab);

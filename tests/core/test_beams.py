@@ -170,9 +170,11 @@ def test_constraint_checks_scope_per_query_part(pets_db, tiny):
     assert constraint.accepts("SELECT T1.owner_name FROM pets AS T2 JOIN owners AS T1 ON")
     # LIMIT takes an integer and then ends; parentheses nest at most MAX_DEPTH deep
     for bad in ["SELECT name FROM pets LIMIT 1 AND", "SELECT name FROM pets LIMIT 1 = (", "SELECT name FROM pets "
-                "LIMIT age", "SELECT name FROM pets LIMIT 1 OFFSET 1, 2", "SELECT name FROM pets WHERE age = " + "(" * 7]:
+                "LIMIT age", "SELECT name FROM pets LIMIT 1 OFFSET 1, 2", "SELECT name FROM pets LIMIT 1, 2, 3",
+                "SELECT name FROM pets WHERE age = " + "(" * 7, "SELECT name FROM pets WHERE name = '" + "T1." * 34]:
         assert not constraint.accepts(bad), bad
     assert constraint.accepts("SELECT name FROM pets WHERE age = " + "(" * 6)
+    assert constraint.accepts("SELECT name FROM pets WHERE name = '" + "x" * 100 + "'")
 
 
 def test_constraint_keeps_clauses_in_sql_order(pets_db, tiny):

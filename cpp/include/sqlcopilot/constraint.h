@@ -115,6 +115,7 @@ class SchemaConstraint {
   // Python's State, field for field. Small to copy: the strings are short, the scope is shared.
   struct State {
     uint8_t mode = 0;        // 0 SQL, 1 '...', 2 "...", 3 `...`, 4 [...]
+    int32_t quoted = 0;      // characters of the string or quoted name being written
     uint8_t context = kNone;
     bool newline = false;    // the last character was a newline outside a string
     bool ended = false;
