@@ -195,12 +195,12 @@ class SchemaConstraint:
             state = self._complete(state, " ")
         if state is None or state.qualifier is not None or not self._in_scope(state):
             return None
-        state = self._resolve(state, final=True)
+        state = self._resolve(state)
         return None if state is None else replace(state, ended=True)
 
-    def _resolve(self, state: State, final: bool) -> State | None:
+    def _resolve(self, state: State) -> State | None:
         """The part at the state's depth ends: each of its pending names must be resolved by the tables it reads
-        (or a result name / alias); what is not moves to the part around it, or (final, or at depth 0) fails."""
+        (or a result name / alias); what is not moves to the part around it, or fails at depth 0 (the outermost query)."""
         depth, tables = state.depth, state.parts[-1]
         pending = []
         for entry in state.pending:
@@ -219,7 +219,7 @@ class SchemaConstraint:
                     return None  # ambiguous column name
                 if having == 1:
                     continue
-            if final or depth == 0:
+            if depth == 0:
                 return None
             pending.append((depth - 1, qualifier, column))
         return replace(state, pending=tuple(pending))
@@ -318,7 +318,7 @@ class SchemaConstraint:
         if char == ")":
             if state.depth == 0:
                 return None
-            state = self._resolve(state, final=False)
+            state = self._resolve(state)
             if state is None:
                 return None
             aliases = tuple(a for a in state.aliases if a[0] < state.depth)
@@ -445,7 +445,7 @@ class SchemaConstraint:
         if word == "as":
             return replace(state, context="alias")
         if word in SET_OPERATORS:
-            state = self._resolve(state, final=False)
+            state = self._resolve(state)
             if state is None:
                 return None
             aliases = tuple(a for a in state.aliases if a[0] < state.depth)

@@ -577,7 +577,7 @@ bool SchemaConstraint::feed_char(State& s, uint32_t cp, const char* bytes, size_
       return true;
     case ')':
       if (s.depth == 0) return false;
-      if (!resolve(s, false)) return false;
+      if (!resolve(s)) return false;
       clear_part(s);
       drop_inner_aliases(s);
       --s.depth;
@@ -616,7 +616,7 @@ bool SchemaConstraint::feed_char(State& s, uint32_t cp, const char* bytes, size_
 bool SchemaConstraint::end_statement(State& s) const {
   if (s.mode != 0 || s.depth != 0 || s.words == 0) return false;
   if (!s.word.empty() && !complete(s, ' ')) return false;
-  if (!s.qualifier.empty() || !in_scope(s) || !resolve(s, true)) return false;
+  if (!s.qualifier.empty() || !in_scope(s) || !resolve(s)) return false;
   s.ended = true;
   return true;
 }
@@ -650,8 +650,8 @@ bool SchemaConstraint::in_scope(const State& s) const {
 }
 
 // sqlconstraint._resolve: the part at the state's depth ends; each of its pending names must be resolved by the tables
-// it reads (or a result name / alias); what is not moves to the part around it, or (final, or at depth 0) fails.
-bool SchemaConstraint::resolve(State& s, bool final) const {
+// it reads (or a result name / alias); what is not moves to the part around it, or fails at depth 0.
+bool SchemaConstraint::resolve(State& s) const {
   const Scope& scope = scope_of(s);
   const int32_t depth = s.depth;
   if (std::none_of(scope.pending.begin(), scope.pending.end(), [depth](const Pending& p) { return p.depth == depth; }))
@@ -679,7 +679,7 @@ bool SchemaConstraint::resolve(State& s, bool final) const {
       if (having > 1) return false;  // ambiguous column name
       if (having == 1) continue;
     }
-    if (final || depth == 0) return false;
+    if (depth == 0) return false;
     pending.push_back(Pending{depth - 1, p.qualifier, p.column});
   }
   edit_scope(s, [&](Scope& edited) { edited.pending = std::move(pending); });
@@ -867,7 +867,7 @@ bool SchemaConstraint::keyword(State& s, int action) const {
       s.context = kAlias;
       return true;
     case kUnion: case kIntersect: case kExcept:
-      if (!resolve(s, false)) return false;
+      if (!resolve(s)) return false;
       clear_part(s);
       drop_inner_aliases(s);
       s.clauses.back() = static_cast<char>(action);

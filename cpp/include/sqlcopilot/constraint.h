@@ -175,7 +175,7 @@ class SchemaConstraint {
   bool feed_char(State& s, uint32_t cp, const char* bytes, size_t length) const;
   bool end_statement(State& s) const;
   bool in_scope(const State& s) const;
-  bool resolve(State& s, bool final) const;
+  bool resolve(State& s) const;
   bool define_alias(State& s, std::string alias) const;
   bool complete(State& s, uint32_t next) const;
   bool keyword(State& s, int code) const;
