@@ -42,11 +42,16 @@ prompt's part of it):
   the part reads (any column when it reads a subquery), a result name or an alias, and a bare column of two tables
   the part reads (self-joins too) is ambiguous; what a part cannot resolve moves to the part around it (correlated
   subqueries), and at the outermost part it cannot end. `X.y` may not name an alias of another part of a UNION /
-  INTERSECT / EXCEPT (SQLite: no such column).
+  INTERSECT / EXCEPT (SQLite: no such column). A part's names are also checked where its FROM clause is over (WHERE,
+  GROUP BY, HAVING, ORDER BY or LIMIT after it): no table can join the part after that, so at the outermost part
+  `SELECT Maker , YEAR FROM car_makers ORDER BY` is refused at ORDER (car_makers has no YEAR) instead of running on
+  to the token limit, and `SELECT T1.x FROM t AS T1_x WHERE` at WHERE (T1 is never defined).
 - LIMIT and OFFSET take an integer: after LIMIT n only OFFSET, `, m`, `)` or the statement's end may come (beams
   looped `LIMIT 1 AND T2.x = T3.y AND ...` or `LIMIT 100000 = (SELECT ...` until the token limit); parentheses nest
   at most MAX_DEPTH deep (Spider's gold queries: 3; looping beams nested `= (SELECT ... = (SELECT ...`), a string
   or quoted name holds at most MAX_STRING characters (gold: 39; beams looped `"T1.T2.T2.T2...` until the limit).
+- whitespace: at most MAX_SPACE characters of it in a row outside strings (gold: 3); a beam that can neither go on
+  nor end stops there instead of padding with spaces and newlines until the token limit.
 """
 
 from __future__ import annotations
@@ -83,6 +88,11 @@ MAX_NUMBER = 24
 MAX_DEPTH = 6
 MAX_STRING = 100
 """Characters of a string or quoted name at most (Spider's gold queries: 39; looping beams wrote `"T1.T2.T2.T2...`)."""
+MAX_SPACE = 8
+"""Whitespace characters in a row outside strings at most (Spider's gold queries: 3; beams that could not end padded
+`LIMIT 1 , 100 \n      \n \n ...` with whitespace until the token limit)."""
+FROM_ENDS = frozenset("where group having order limit".split())
+"""Clause words after which a query part's FROM clause is over: the part's names are checked there (`_resolve`)."""
 LIMIT_CLAUSES = frozenset({"limit", "offset"})
 DISTINCT_BEFORE = frozenset({"select", "union", "intersect", "except", "is", "not"})
 SUBQUERY = "("
@@ -133,6 +143,7 @@ class State:
     # "select" (SELECT, a set operator, IS or NOT: DISTINCT / ALL may follow), "(" (so may they), ""
     parts: tuple[tuple[str, ...], ...] = ((),)  # per depth, the tables the query part reads (SUBQUERY: a subquery)
     pending: tuple[tuple[int, str, str], ...] = ()  # (depth, qualifier or "" for a bare name, column) unresolved
+    spaces: int = 0  # whitespace characters in a row (outside strings) just written
 
 
 class SchemaConstraint:
@@ -271,8 +282,11 @@ class SchemaConstraint:
             if state is None:
                 return None
             newline = char == "\n" and state.mode == 0
-            if newline != state.newline:
-                state = replace(state, newline=newline)
+            spaces = state.spaces + 1 if state.mode == 0 and char.isspace() else 0
+            if spaces > MAX_SPACE:
+                return None
+            if newline != state.newline or spaces != state.spaces:
+                state = replace(state, newline=newline, spaces=spaces)
         if state.mode == 0 and state.word and not self._partial_ok(state):
             return None
         return state
@@ -438,6 +452,10 @@ class SchemaConstraint:
             if rank is None:
                 return None
             state = replace(state, ranks=state.ranks[:-1] + (rank,))
+            if word in FROM_ENDS and rank != FREE_RANK and state.parts[-1]:
+                state = self._resolve(state)  # the part's FROM clause is over: its tables are all known
+                if state is None:
+                    return None
         if word == "from":
             return replace(state, clauses=clauses[:-1] + ("from",), context="table", table=None)
         if word == "join":  # back in the FROM clause (after an ON): `AS x` names the joined table

@@ -223,6 +223,7 @@ inline bool may_follow(const SchemaConstraint::State& s) {
 constexpr size_t kMaxNumber = 24;  // sqlconstraint.MAX_NUMBER, in characters
 constexpr int32_t kMaxDepth = 6;   // sqlconstraint.MAX_DEPTH
 constexpr int32_t kMaxString = 100;  // sqlconstraint.MAX_STRING, in characters
+constexpr int32_t kMaxSpace = 8;     // sqlconstraint.MAX_SPACE, whitespace characters in a row
 
 // sqlconstraint.LIMIT_CLAUSES
 inline bool limit_clause(char clause) { return clause == kLimit || clause == kOffset; }
@@ -393,8 +394,8 @@ const std::vector<SchemaConstraint::Alias>& SchemaConstraint::State::aliases() c
 const std::vector<std::string>& SchemaConstraint::State::names() const { return scope_of(*this).names; }
 
 bool SchemaConstraint::State::operator==(const State& o) const {
-  if (mode != o.mode || quoted != o.quoted || context != o.context || newline != o.newline || ended != o.ended || last != o.last ||
-      depth != o.depth ||
+  if (mode != o.mode || quoted != o.quoted || context != o.context || newline != o.newline || ended != o.ended ||
+      last != o.last || depth != o.depth || spaces != o.spaces ||
       words != o.words || table != o.table || word != o.word || qualifier != o.qualifier || clauses != o.clauses ||
       ranks != o.ranks)
     return false;
@@ -408,6 +409,7 @@ size_t SchemaConstraint::State::hash() const {
               static_cast<size_t>(ended) << 17 | static_cast<size_t>(last) << 24;
   h = mix(h, static_cast<size_t>(depth));
   h = mix(h, static_cast<size_t>(quoted));
+  h = mix(h, static_cast<size_t>(spaces));
   h = mix(h, static_cast<size_t>(words));
   h = mix(h, static_cast<size_t>(table + 1));
   h = mix(h, text_hash(word));
@@ -521,6 +523,11 @@ bool SchemaConstraint::feed_bytes(State& s, const char* p, const char* end) cons
     }
     if (!feed_char(s, cp, p, length)) return false;
     s.newline = cp == '\n' && s.mode == 0;
+    if (s.mode == 0 && (classify(cp) & kSpaceChar)) {
+      if (++s.spaces > kMaxSpace) return false;
+    } else {
+      s.spaces = 0;
+    }
     p += length;
   }
   if (s.mode == 0 && !s.word.empty() && !partial_ok(s)) return false;
@@ -852,6 +859,12 @@ bool SchemaConstraint::keyword(State& s, int action) const {
       if (now < order->low || now > order->high) return false;
       s.ranks.back() = static_cast<char>(order->rank);
     }
+    // sqlconstraint.FROM_ENDS: the part's FROM clause is over, its tables are all known: check its names
+    const bool from_ends = action == kWhere || action == kGroup || action == kHaving || action == kOrder ||
+                           action == kLimit;
+    if (from_ends && static_cast<unsigned char>(s.ranks.back()) != kFreeRank && !part_of(s, s.depth).empty() &&
+        !resolve(s))
+      return false;
   }
   switch (action) {
     case kFrom:

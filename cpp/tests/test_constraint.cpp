@@ -172,6 +172,15 @@ int main() {
     expect_accepted(c, "SELECT name FROM pets LIMIT 1 OFFSET 2", 8);
     expect_accepted(c, "SELECT age name FROM pets AS p WHERE p.age IN (1, 2) AND name = 'x' ORDER BY 1 DESC", 20);
   });
+  run("names are checked where the FROM clause ends; whitespace runs are bounded", [&] {
+    auto c = pets(vocab);
+    expect_rejected(c, "SELECT owner_name FROM pets ORDER BY name", 33);  // at the space after ORDER
+    expect_rejected(c, "SELECT T1.name FROM pets AS T2 WHERE T2.age > 1", 36);  // T1 is never defined
+    expect_rejected(c, "SELECT name FROM pets AS T1 JOIN pets AS T2 ON T1.id = T2.id LIMIT 1", 66);  // ambiguous
+    expect_accepted(c, "SELECT count(*) AS n FROM pets GROUP BY age ORDER BY n", 12);
+    expect_accepted(c, "SELECT name FROM pets \n \n \n \nLIMIT 1", 6);  // 8 whitespace characters in a row
+    expect_rejected(c, "SELECT name FROM pets \n \n \n \n  LIMIT 1", 29);  // the 9th
+  });
   run("the end inside a string is rejected", [&] {
     auto c = pets(vocab);
     expect_rejected(c, "SELECT name FROM pets WHERE name = 'Rex", 39);

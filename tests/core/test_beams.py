@@ -177,6 +177,26 @@ def test_constraint_checks_scope_per_query_part(pets_db, tiny):
     assert constraint.accepts("SELECT name FROM pets WHERE name = '" + "x" * 100 + "'")
 
 
+def test_constraint_checks_names_where_the_from_clause_ends(pets_db, tiny):
+    """No table joins a query part after its FROM clause: a name the part cannot resolve is refused at the next
+    clause word (WHERE, GROUP BY, HAVING, ORDER BY, LIMIT) of the outermost query, not only where the statement ends,
+    which a looping beam never reaches (the teacher's failing beams ran `SELECT Maker , YEAR FROM car_makers ORDER BY
+    YEAR DESC LIMIT 1 , 1000...` to the token limit, padding with whitespace); whitespace runs are bounded."""
+    constraint = SchemaConstraint.for_database(pets_db, tiny[1])
+    runs = ["SELECT name FROM pets WHERE age > 1 ORDER BY name",
+            "SELECT T1.name FROM pets AS T1 JOIN owners AS T2 ON T1.id = T2.pet_id WHERE T2.owner_name = 'a'",
+            "SELECT name FROM pets WHERE id IN (SELECT pet_id FROM owners WHERE pet_id = pets.id) GROUP BY name",
+            "SELECT (SELECT count(*) FROM owners WHERE pet_id = T1.id GROUP BY pet_id) FROM pets AS T1 LIMIT 1",
+            "SELECT count(*) AS n FROM pets GROUP BY age ORDER BY n", "SELECT name  ,   age FROM pets"]
+    fails = ["SELECT owner_name FROM pets ORDER BY name", "SELECT T1.name FROM pets AS T2 WHERE T2.age > 1",
+             "SELECT pets.name FROM owners GROUP BY owner_name", "SELECT name FROM pets AS T1 JOIN pets AS T2 "
+             "ON T1.id = T2.id LIMIT 1"]
+    agrees_with_sqlite(pets_db, constraint, runs, fails, fail_end="")
+    assert constraint.accepts("SELECT owner_name FROM pets JOIN")  # the FROM clause is not over yet
+    assert constraint.accepts("SELECT name FROM pets" + " \n" * 4)  # MAX_SPACE (8) whitespace characters
+    assert not constraint.accepts("SELECT name FROM pets" + " \n" * 4 + " ")
+
+
 def test_constraint_keeps_clauses_in_sql_order(pets_db, tiny):
     """Clauses once each and in SQLite's order, per parenthesis depth: a beam cannot start a second query after a
     finished one or repeat `ORDER BY ... LIMIT 1` until the token limit (what the teacher's failing beams did)."""

@@ -118,6 +118,7 @@ class SchemaConstraint {
     int32_t quoted = 0;      // characters of the string or quoted name being written
     uint8_t context = kNone;
     bool newline = false;    // the last character was a newline outside a string
+    int32_t spaces = 0;      // whitespace characters in a row (outside strings) just written
     bool ended = false;
     uint8_t last = kLastOther;
     int32_t depth = 0;
