@@ -50,6 +50,10 @@ prompt's part of it):
   looped `LIMIT 1 AND T2.x = T3.y AND ...` or `LIMIT 100000 = (SELECT ...` until the token limit); parentheses nest
   at most MAX_DEPTH deep (Spider's gold queries: 3; looping beams nested `= (SELECT ... = (SELECT ...`), a string
   or quoted name holds at most MAX_STRING characters (gold: 39; beams looped `"T1.T2.T2.T2...` until the limit).
+- a query part reads at most MAX_TABLES tables (gold: 5; looping beams joined the same tables again and again,
+  waiting for an alias that never came); count / sum / avg / total / group_concat never stand in WHERE or ON at
+  their own depth (SQLite: misuse of aggregate; a subquery there is its own depth), unless the database has a
+  column of that name;
 - whitespace: at most MAX_SPACE characters of it in a row outside strings (gold: 3); a beam that can neither go on
   nor end stops there instead of padding with spaces and newlines until the token limit.
 """
@@ -91,6 +95,13 @@ MAX_STRING = 100
 MAX_SPACE = 8
 """Whitespace characters in a row outside strings at most (Spider's gold queries: 3; beams that could not end padded
 `LIMIT 1 , 100 \n      \n \n ...` with whitespace until the token limit)."""
+MAX_TABLES = 6
+"""Tables (and subqueries) one query part reads at most (Spider's gold queries: 5; looping beams joined
+`JOIN cars_data AS T5 ON ... JOIN cars_data AS T6 ON ...` until the token limit, waiting for an alias that never came)."""
+AGGREGATES = frozenset("count sum avg total group_concat".split())
+"""Aggregate functions that SQLite refuses in WHERE and ON (`misuse of aggregate`); min / max with two arguments are
+scalar functions there, so they are not checked."""
+NO_AGGREGATE_CLAUSES = frozenset({"where", "on"})
 FROM_ENDS = frozenset("where group having order limit".split())
 """Clause words after which a query part's FROM clause is over: the part's names are checked there (`_resolve`)."""
 LIMIT_CLAUSES = frozenset({"limit", "offset"})
@@ -326,6 +337,8 @@ class SchemaConstraint:
                 return None
             parts = state.parts
             if state.clauses[-1] == "from":
+                if len(parts[-1]) >= MAX_TABLES:
+                    return None
                 parts = parts[:-1] + (parts[-1] + (SUBQUERY,),)
             return replace(state, depth=state.depth + 1, clauses=state.clauses + ("",), ranks=state.ranks + (0,),
                            context="", last="(", parts=parts + ((),))
@@ -414,6 +427,8 @@ class SchemaConstraint:
         if context == "table":
             if word not in self.columns:
                 return None
+            if len(state.parts[-1]) >= MAX_TABLES:
+                return None
             named = state.named if word in state.named else state.named + (word,)
             parts = state.parts[:-1] + (state.parts[-1] + (word,),)
             return replace(state, table=word, words=words, context="after_table", named=named, last="name",
@@ -430,6 +445,9 @@ class SchemaConstraint:
                 word == "offset" and state.clauses[-1] == "limit" and state.last == "num"):
             return None  # LIMIT n [OFFSET m]
         if word in KEYWORDS:
+            if (word in AGGREGATES and state.clauses[-1] in NO_AGGREGATE_CLAUSES
+                    and not self._contains(self.all_columns, word)):
+                return None  # `WHERE ... AND count(*) >= 3`: misuse of aggregate (a column `total` may stand there)
             distinct = word in ("distinct", "all")
             if distinct and state.last not in ("select", "("):
                 return None  # DISTINCT / ALL open a select list or an aggregate's arguments, follow UNION, IS [NOT]

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <utility>
@@ -224,6 +225,7 @@ constexpr size_t kMaxNumber = 24;  // sqlconstraint.MAX_NUMBER, in characters
 constexpr int32_t kMaxDepth = 6;   // sqlconstraint.MAX_DEPTH
 constexpr int32_t kMaxString = 100;  // sqlconstraint.MAX_STRING, in characters
 constexpr int32_t kMaxSpace = 8;     // sqlconstraint.MAX_SPACE, whitespace characters in a row
+constexpr size_t kMaxTables = 6;     // sqlconstraint.MAX_TABLES, tables a query part reads
 
 // sqlconstraint.LIMIT_CLAUSES
 inline bool limit_clause(char clause) { return clause == kLimit || clause == kOffset; }
@@ -574,6 +576,7 @@ bool SchemaConstraint::feed_char(State& s, uint32_t cp, const char* bytes, size_
         return false;
       if (clause == kFrom) {
         const int32_t depth = s.depth;
+        if (part_of(s, depth).size() >= kMaxTables) return false;
         edit_scope(s, [depth](Scope& scope) { add_to_part(scope, depth, kSubquery); });
       }
       s.last = kLastOpen;
@@ -787,6 +790,7 @@ bool SchemaConstraint::complete(State& s, uint32_t next) const {
     const int32_t table = find_table(word);
     if (table < 0) return false;
     const int32_t depth = s.depth;
+    if (part_of(s, depth).size() >= kMaxTables) return false;
     edit_scope(s, [table, depth](Scope& scope) {
       if (std::find(scope.named.begin(), scope.named.end(), table) == scope.named.end()) scope.named.push_back(table);
       add_to_part(scope, depth, table);
@@ -817,6 +821,9 @@ bool SchemaConstraint::complete(State& s, uint32_t next) const {
   if (limit_clause(clause) && !(word == "offset" && clause == kLimit && was == kLastNumber))
     return false;  // LIMIT n [OFFSET m]
   if (action != kNotKeyword) {
+    // sqlconstraint.AGGREGATES in WHERE / ON: misuse of aggregate (unless the database has a column of that name)
+    static const std::set<std::string> aggregates = {"count", "sum", "avg", "total", "group_concat"};
+    if ((clause == kWhere || clause == kOn) && aggregates.count(word) && !contains(all_columns_, word)) return false;
     const bool distinct = word == "distinct" || word == "all";
     // DISTINCT / ALL open a select list or an aggregate's arguments, follow UNION, IS [NOT]
     if (distinct && was != kLastSelect && was != kLastOpen) return false;

@@ -197,6 +197,21 @@ def test_constraint_checks_names_where_the_from_clause_ends(pets_db, tiny):
     assert not constraint.accepts("SELECT name FROM pets" + " \n" * 4 + " ")
 
 
+def test_constraint_bounds_joins_and_keeps_aggregates_out_of_where(pets_db, tiny):
+    """A part reads at most MAX_TABLES tables (looping beams joined the same tables until the token limit); count,
+    sum, avg, total, group_concat never stand in WHERE or ON at their own depth (SQLite: misuse of aggregate)."""
+    constraint = SchemaConstraint.for_database(pets_db, tiny[1])
+    joins = "SELECT count(*) FROM pets AS a" + "".join(f" JOIN pets AS {x} ON {x}.id = a.id" for x in "bcdef")
+    runs = [joins, "SELECT name FROM pets WHERE id IN (SELECT count(*) FROM owners)",
+            "SELECT count(*) FROM pets GROUP BY age HAVING count(*) > 1 ORDER BY sum(age)",
+            "SELECT name FROM pets WHERE max(age, id) > 1"]
+    fails = ["SELECT name FROM pets WHERE age > 1 AND count(*) > 1",
+             "SELECT a.name FROM pets AS a JOIN owners AS b ON a.id = count(*)"]
+    agrees_with_sqlite(pets_db, constraint, runs, fails, fail_end="")
+    assert not constraint.accepts(joins + " JOIN pets AS g")
+    assert not constraint.accepts("SELECT count(*) FROM pets, pets AS b, pets AS c, pets AS d, pets AS e, pets AS f, (")
+
+
 def test_constraint_keeps_clauses_in_sql_order(pets_db, tiny):
     """Clauses once each and in SQLite's order, per parenthesis depth: a beam cannot start a second query after a
     finished one or repeat `ORDER BY ... LIMIT 1` until the token limit (what the teacher's failing beams did)."""
