@@ -53,7 +53,7 @@ prompt's part of it):
 - a query part reads at most MAX_TABLES tables (gold: 5; looping beams joined the same tables again and again,
   waiting for an alias that never came); count / sum / avg / total / group_concat never stand in WHERE or ON at
   their own depth (SQLite: misuse of aggregate; a subquery there is its own depth), unless the database has a
-  column of that name;
+  column of that name; a name gets one alias (no `AS T2_make AS T3`);
 - whitespace: at most MAX_SPACE characters of it in a row outside strings (gold: 3); a beam that can neither go on
   nor end stops there instead of padding with spaces and newlines until the token limit.
 """
@@ -110,7 +110,7 @@ SUBQUERY = "("
 """In a part's tables (State.parts): the part reads a subquery, whose columns the constraint does not know."""
 # what can end an operand (another operand cannot follow it), and the clauses where a name or string after one is an
 # alias
-OPERAND_ENDS = frozenset({"num", "str", "name", ")"})
+OPERAND_ENDS = frozenset({"num", "str", "name", "alias", ")"})
 ALIAS_CLAUSES = frozenset({"select", "from"})
 
 
@@ -150,7 +150,8 @@ class State:
     refs: tuple[tuple[str, str], ...] = ()  # every X.y used, to be resolved where the statement ends
     newline: bool = False  # the last character was a newline outside a string
     ended: bool = False
-    last: str = ""  # what ended last: "num", "str" (a string or quoted name), "name", ")", "distinct" (or ALL),
+    last: str = ""  # what ended last: "num", "str" (a string or quoted name), "name", "alias" (a name it defined),
+    # ")", "distinct" (or ALL),
     # "select" (SELECT, a set operator, IS or NOT: DISTINCT / ALL may follow), "(" (so may they), ""
     parts: tuple[tuple[str, ...], ...] = ((),)  # per depth, the tables the query part reads (SUBQUERY: a subquery)
     pending: tuple[tuple[int, str, str], ...] = ()  # (depth, qualifier or "" for a bare name, column) unresolved
@@ -436,15 +437,17 @@ class SchemaConstraint:
         if context == "alias":
             if state.clauses[-1] == "from":
                 state = self._define_alias(state, word)
-                return None if state is None else replace(state, words=words, context="", last="name")
-            return replace(state, names=state.names + (word,), words=words, context="", last="name")
+                return None if state is None else replace(state, words=words, context="", last="alias")
+            return replace(state, names=state.names + (word,), words=words, context="", last="alias")
         if context == "after_table" and word not in KEYWORDS:
             state = self._define_alias(state, word)
-            return None if state is None else replace(state, words=words, context="", last="name")
+            return None if state is None else replace(state, words=words, context="", last="alias")
         if state.clauses[-1] in LIMIT_CLAUSES and not (
                 word == "offset" and state.clauses[-1] == "limit" and state.last == "num"):
             return None  # LIMIT n [OFFSET m]
         if word in KEYWORDS:
+            if word == "as" and state.last == "alias":
+                return None  # `JOIN model_list AS T2_make AS T3`: one alias a name
             if (word in AGGREGATES and state.clauses[-1] in NO_AGGREGATE_CLAUSES
                     and not self._contains(self.all_columns, word)):
                 return None  # `WHERE ... AND count(*) >= 3`: misuse of aggregate (a column `total` may stand there)

@@ -213,7 +213,8 @@ constexpr int kFreeRank = 99;      // sqlconstraint.FREE_RANK: a depth that is n
 // sqlconstraint.OPERAND_ENDS: what ended last ends an operand
 inline bool operand_end(uint8_t last) {
   return last == SchemaConstraint::kLastNumber || last == SchemaConstraint::kLastString ||
-         last == SchemaConstraint::kLastName || last == SchemaConstraint::kLastClose;
+         last == SchemaConstraint::kLastName || last == SchemaConstraint::kLastAlias ||
+         last == SchemaConstraint::kLastClose;
 }
 
 // SchemaConstraint._may_follow: a name or string may start here (not right after an operand, unless it is an alias:
@@ -808,11 +809,13 @@ bool SchemaConstraint::complete(State& s, uint32_t next) const {
     }
     ++s.words;
     s.context = kNone;
+    s.last = kLastAlias;
     return true;
   }
   const int action = keyword_action(word);
   if (s.context == kAfterTable && action == kNotKeyword) {
     if (!define_alias(s, std::move(word))) return false;
+    s.last = kLastAlias;
     ++s.words;
     s.context = kNone;
     return true;
@@ -821,6 +824,7 @@ bool SchemaConstraint::complete(State& s, uint32_t next) const {
   if (limit_clause(clause) && !(word == "offset" && clause == kLimit && was == kLastNumber))
     return false;  // LIMIT n [OFFSET m]
   if (action != kNotKeyword) {
+    if (action == kAs && was == kLastAlias) return false;  // `JOIN model_list AS T2_make AS T3`: one alias a name
     // sqlconstraint.AGGREGATES in WHERE / ON: misuse of aggregate (unless the database has a column of that name)
     static const std::set<std::string> aggregates = {"count", "sum", "avg", "total", "group_concat"};
     if ((clause == kWhere || clause == kOn) && aggregates.count(word) && !contains(all_columns_, word)) return false;

@@ -191,6 +191,13 @@ int main() {
     expect_rejected(c, "SELECT name FROM pets AS a JOIN pets AS b ON a.id = count(*)", 57);
     expect_accepted(c, "SELECT name FROM pets WHERE id IN (SELECT count(*) FROM owners)", 11);
   });
+  run("a name gets one alias", [&] {
+    auto c = pets(vocab);
+    expect_rejected(c, "SELECT a.name FROM pets AS a_name AS b", 36);
+    expect_rejected(c, "SELECT count(*) AS n AS m FROM pets", 23);
+    expect_rejected(c, "SELECT p.name FROM pets p AS q", 28);
+    expect_accepted(c, "SELECT p.name AS n FROM pets AS p ORDER BY n", 12);
+  });
   run("the end inside a string is rejected", [&] {
     auto c = pets(vocab);
     expect_rejected(c, "SELECT name FROM pets WHERE name = 'Rex", 39);

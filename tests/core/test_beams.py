@@ -199,7 +199,8 @@ def test_constraint_checks_names_where_the_from_clause_ends(pets_db, tiny):
 
 def test_constraint_bounds_joins_and_keeps_aggregates_out_of_where(pets_db, tiny):
     """A part reads at most MAX_TABLES tables (looping beams joined the same tables until the token limit); count,
-    sum, avg, total, group_concat never stand in WHERE or ON at their own depth (SQLite: misuse of aggregate)."""
+    sum, avg, total, group_concat never stand in WHERE or ON at their own depth (SQLite: misuse of aggregate); a
+    name gets one alias."""
     constraint = SchemaConstraint.for_database(pets_db, tiny[1])
     joins = "SELECT count(*) FROM pets AS a" + "".join(f" JOIN pets AS {x} ON {x}.id = a.id" for x in "bcdef")
     runs = [joins, "SELECT name FROM pets WHERE id IN (SELECT count(*) FROM owners)",
@@ -210,6 +211,10 @@ def test_constraint_bounds_joins_and_keeps_aggregates_out_of_where(pets_db, tiny
     agrees_with_sqlite(pets_db, constraint, runs, fails, fail_end="")
     assert not constraint.accepts(joins + " JOIN pets AS g")
     assert not constraint.accepts("SELECT count(*) FROM pets, pets AS b, pets AS c, pets AS d, pets AS e, pets AS f, (")
+    # one alias a name (the beams wrote `JOIN model_list AS T2_make AS T3`)
+    agrees_with_sqlite(pets_db, constraint, ["SELECT p.name AS n FROM pets AS p ORDER BY n"],
+                       ["SELECT a.name FROM pets AS a_name AS b", "SELECT count(*) AS n AS m FROM pets",
+                        "SELECT p.name FROM pets p AS q"], fail_end="")
 
 
 def test_constraint_keeps_clauses_in_sql_order(pets_db, tiny):

@@ -108,9 +108,10 @@ class SchemaConstraint {
   };
   enum Context : uint8_t { kNone = 0, kTable = 1, kAlias = 2, kAfterTable = 3 };
   // What ended last (sqlconstraint.State.last): an operand cannot follow an operand except as an alias.
-  // kLastSelect: SELECT, a set operator, IS or NOT; kLastOpen: `(` (DISTINCT / ALL may follow either).
+  // kLastSelect: SELECT, a set operator, IS or NOT; kLastOpen: `(` (DISTINCT / ALL may follow either); kLastAlias: a
+  // name the query defined (AS x, or a name after a table).
   enum Last : uint8_t { kLastOther = 0, kLastNumber = 1, kLastString = 2, kLastName = 3, kLastClose = 4,
-                        kLastDistinct = 5, kLastSelect = 6, kLastOpen = 7 };
+                        kLastDistinct = 5, kLastSelect = 6, kLastOpen = 7, kLastAlias = 8 };
 
   // Python's State, field for field. Small to copy: the strings are short, the scope is shared.
   struct State {
