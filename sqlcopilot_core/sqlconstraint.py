@@ -53,7 +53,8 @@ prompt's part of it):
 - a query part reads at most MAX_TABLES tables (gold: 5; looping beams joined the same tables again and again,
   waiting for an alias that never came); count / sum / avg / total / group_concat never stand in WHERE or ON at
   their own depth (SQLite: misuse of aggregate; a subquery there is its own depth), unless the database has a
-  column of that name; a name gets one alias (no `AS T2_make AS T3`);
+  column of that name; a name gets one alias (no `AS T2_make AS T3`); a function name that is also a column of the
+  database (`date`, `time`, `total`) is that column, checked like any other, unless `(` follows at once;
 - whitespace: at most MAX_SPACE characters of it in a row outside strings (gold: 3); a beam that can neither go on
   nor end stops there instead of padding with spaces and newlines until the token limit.
 """
@@ -76,6 +77,13 @@ coalesce ifnull nullif iif typeof printf format char hex unicode random date tim
 unixepoch quote zeroblob likely unlikely integer int real text numeric float double varchar
 """.split())
 SORTED_KEYWORDS = sorted(KEYWORDS)
+FUNCTIONS = frozenset("""
+count sum avg min max total group_concat abs round length lower upper substr substring instr trim ltrim replace
+coalesce ifnull nullif iif typeof printf format char hex unicode random date time datetime julianday strftime
+unixepoch quote zeroblob likely unlikely
+""".split())
+"""Keywords that are functions: one the database also has as a column (`date`, `time`, `total`) is that column
+unless `(` follows at once (`SELECT name , date FROM ship` names a column, which ship must have)."""
 CLAUSE_WORDS = frozenset("select where group order having limit on union intersect except by offset".split())
 SET_OPERATORS = frozenset("union intersect except".split())
 SQL_PUNCTUATION = frozenset(".,;()*=<>!+-/%|&~'\"`[]")
@@ -445,7 +453,7 @@ class SchemaConstraint:
         if state.clauses[-1] in LIMIT_CLAUSES and not (
                 word == "offset" and state.clauses[-1] == "limit" and state.last == "num"):
             return None  # LIMIT n [OFFSET m]
-        if word in KEYWORDS:
+        if word in KEYWORDS and not (word in FUNCTIONS and next_char != "(" and self._contains(self.all_columns, word)):
             if word == "as" and state.last == "alias":
                 return None  # `JOIN model_list AS T2_make AS T3`: one alias a name
             if (word in AGGREGATES and state.clauses[-1] in NO_AGGREGATE_CLAUSES

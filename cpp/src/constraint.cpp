@@ -823,7 +823,18 @@ bool SchemaConstraint::complete(State& s, uint32_t next) const {
   const char clause = s.clauses.back();
   if (limit_clause(clause) && !(word == "offset" && clause == kLimit && was == kLastNumber))
     return false;  // LIMIT n [OFFSET m]
-  if (action != kNotKeyword) {
+  // sqlconstraint.FUNCTIONS: a function name the database also has as a column is that column unless `(` follows
+  static const std::set<std::string> functions = [] {
+    std::set<std::string> out;
+    std::istringstream words(
+        "count sum avg min max total group_concat abs round length lower upper substr substring instr trim ltrim "
+        "replace coalesce ifnull nullif iif typeof printf format char hex unicode random date time datetime julianday "
+        "strftime unixepoch quote zeroblob likely unlikely");
+    for (std::string w; words >> w;) out.insert(w);
+    return out;
+  }();
+  const bool column_not_call = next != '(' && functions.count(word) && contains(all_columns_, word);
+  if (action != kNotKeyword && !column_not_call) {
     if (action == kAs && was == kLastAlias) return false;  // `JOIN model_list AS T2_make AS T3`: one alias a name
     // sqlconstraint.AGGREGATES in WHERE / ON: misuse of aggregate (unless the database has a column of that name)
     static const std::set<std::string> aggregates = {"count", "sum", "avg", "total", "group_concat"};

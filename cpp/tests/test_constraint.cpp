@@ -198,6 +198,13 @@ int main() {
     expect_rejected(c, "SELECT p.name FROM pets p AS q", 28);
     expect_accepted(c, "SELECT p.name AS n FROM pets AS p ORDER BY n", 12);
   });
+  run("a function name that is also a column is that column unless ( follows", [&] {
+    SchemaConstraint c({{"pets", {"id", "name", "age"}}, {"Owners", {"ID", "pet_id", "owner_name", "date"}}}, vocab);
+    expect_rejected(c, "SELECT name , date FROM pets", 28);
+    expect_rejected(c, "SELECT name , date FROM pets WHERE age > 1", 34);
+    expect_accepted(c, "SELECT name , date FROM pets JOIN owners ON pets.id = owners.pet_id", 12);
+    expect_accepted(c, "SELECT date('now') FROM pets", 5);
+  });
   run("the end inside a string is rejected", [&] {
     auto c = pets(vocab);
     expect_rejected(c, "SELECT name FROM pets WHERE name = 'Rex", 39);

@@ -200,7 +200,7 @@ def test_constraint_checks_names_where_the_from_clause_ends(pets_db, tiny):
 def test_constraint_bounds_joins_and_keeps_aggregates_out_of_where(pets_db, tiny):
     """A part reads at most MAX_TABLES tables (looping beams joined the same tables until the token limit); count,
     sum, avg, total, group_concat never stand in WHERE or ON at their own depth (SQLite: misuse of aggregate); a
-    name gets one alias."""
+    name gets one alias; a function name the database has as a column is that column unless `(` follows."""
     constraint = SchemaConstraint.for_database(pets_db, tiny[1])
     joins = "SELECT count(*) FROM pets AS a" + "".join(f" JOIN pets AS {x} ON {x}.id = a.id" for x in "bcdef")
     runs = [joins, "SELECT name FROM pets WHERE id IN (SELECT count(*) FROM owners)",
@@ -215,6 +215,18 @@ def test_constraint_bounds_joins_and_keeps_aggregates_out_of_where(pets_db, tiny
     agrees_with_sqlite(pets_db, constraint, ["SELECT p.name AS n FROM pets AS p ORDER BY n"],
                        ["SELECT a.name FROM pets AS a_name AS b", "SELECT count(*) AS n AS m FROM pets",
                         "SELECT p.name FROM pets p AS q"], fail_end="")
+    # a function name that is also a column (`date`) is that column unless `(` follows
+    with sqlite3.connect(pets_db) as conn:
+        conn.execute("CREATE TEMP TABLE visits (pet_id INTEGER, date TEXT)")
+        conn.execute("SELECT name, date FROM pets JOIN visits ON pets.id = visits.pet_id").fetchall()
+        with pytest.raises(sqlite3.Error):
+            conn.execute("SELECT name, date FROM pets").fetchall()
+    dated = SchemaConstraint({"pets": ["id", "name", "age"], "visits": ["pet_id", "date"]},
+                             constraint.token_texts, constraint.eos_id, constraint.stop_ids)
+    assert not dated.accepts("SELECT name , date FROM pets;")
+    assert not dated.accepts("SELECT name , date FROM pets WHERE ")
+    assert dated.accepts("SELECT name , date FROM pets JOIN visits ON pets.id = visits.pet_id;")
+    assert dated.accepts("SELECT date('now') FROM pets;") and constraint.accepts("SELECT name , date('now') FROM pets;")
 
 
 def test_constraint_keeps_clauses_in_sql_order(pets_db, tiny):
