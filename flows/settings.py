@@ -30,9 +30,13 @@ BUDGET_FIELDS = ("epochs", "max_steps", "max_minutes", "batch_size", "grad_accum
 
 def control_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """finetune's settings with the distill stage's budget (its resolved values, defaults included): the sweep's
-    control trains the teacher on for exactly what a student's distillation is given."""
+    control trains the teacher on for exactly what a student's distillation is given. The profile's `control`
+    section, when present, overrides finetune settings of the control alone: a learning rate that rebuilds a
+    pruned student can wreck the trained teacher (cpu profile, docs/RESULTS.md: 3e-4 re-warmed took the one-epoch
+    teacher from 0.333 to 0.199 in 50 steps; 5e-5 kept 0.318), and retention against a wrecked control says nothing."""
     from sqlcopilot_core.config import config_from_dict, config_to_dict
     from sqlcopilot_core.distill import DistillConfig
 
     distill = config_to_dict(config_from_dict(DistillConfig, settings.get("distill", {}), "distill"))
-    return {**settings.get("finetune", {}), **{name: distill[name] for name in BUDGET_FIELDS}}
+    return {**settings.get("finetune", {}), **{name: distill[name] for name in BUDGET_FIELDS},
+            **settings.get("control", {})}
