@@ -67,16 +67,6 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-KEYWORDS = frozenset("""
-select from where group by order having limit offset join inner left right full outer cross natural on using as and
-or not in like glob regexp match between is isnull notnull null distinct all union intersect except exists case when
-then else end asc desc with recursive values collate nocase binary rtrim escape cast true false current_date
-current_time current_timestamp over partition rows range filter window
-count sum avg min max total group_concat abs round length lower upper substr substring instr trim ltrim replace
-coalesce ifnull nullif iif typeof printf format char hex unicode random date time datetime julianday strftime
-unixepoch quote zeroblob likely unlikely integer int real text numeric float double varchar
-""".split())
-SORTED_KEYWORDS = sorted(KEYWORDS)
 FUNCTIONS = frozenset("""
 count sum avg min max total group_concat abs round length lower upper substr substring instr trim ltrim replace
 coalesce ifnull nullif iif typeof printf format char hex unicode random date time datetime julianday strftime
@@ -84,6 +74,14 @@ unixepoch quote zeroblob likely unlikely
 """.split())
 """Keywords that are functions: one the database also has as a column (`date`, `time`, `total`) is that column
 unless `(` follows at once (`SELECT name , date FROM ship` names a column, which ship must have)."""
+KEYWORDS = frozenset("""
+select from where group by order having limit offset join inner left right full outer cross natural on using as and
+or not in like glob regexp match between is isnull notnull null distinct all union intersect except exists case when
+then else end asc desc with recursive values collate nocase binary rtrim escape cast true false current_date
+current_time current_timestamp over partition rows range filter window integer int real text numeric float double
+varchar
+""".split()) | FUNCTIONS
+SORTED_KEYWORDS = sorted(KEYWORDS)
 CLAUSE_WORDS = frozenset("select where group order having limit on union intersect except by offset".split())
 SET_OPERATORS = frozenset("union intersect except".split())
 SQL_PUNCTUATION = frozenset(".,;()*=<>!+-/%|&~'\"`[]")
@@ -453,12 +451,12 @@ class SchemaConstraint:
         if state.clauses[-1] in LIMIT_CLAUSES and not (
                 word == "offset" and state.clauses[-1] == "limit" and state.last == "num"):
             return None  # LIMIT n [OFFSET m]
-        if word in KEYWORDS and not (word in FUNCTIONS and next_char != "(" and self._contains(self.all_columns, word)):
+        column = word in FUNCTIONS and self._contains(self.all_columns, word)  # `date`, `total` as a column
+        if word in KEYWORDS and not (column and next_char != "("):
             if word == "as" and state.last == "alias":
                 return None  # `JOIN model_list AS T2_make AS T3`: one alias a name
-            if (word in AGGREGATES and state.clauses[-1] in NO_AGGREGATE_CLAUSES
-                    and not self._contains(self.all_columns, word)):
-                return None  # `WHERE ... AND count(*) >= 3`: misuse of aggregate (a column `total` may stand there)
+            if word in AGGREGATES and state.clauses[-1] in NO_AGGREGATE_CLAUSES and not column:
+                return None  # `WHERE ... AND count(*) >= 3`: misuse of aggregate
             distinct = word in ("distinct", "all")
             if distinct and state.last not in ("select", "("):
                 return None  # DISTINCT / ALL open a select list or an aggregate's arguments, follow UNION, IS [NOT]

@@ -155,14 +155,35 @@ enum Clause : char {
 };
 enum Action : int { kNotKeyword = -1, kPlain = 0, kJoin = 100, kAs = 101 };  // 1..13: a Clause
 
+// sqlconstraint.FUNCTIONS; KEYWORDS are kKeywordText's words and these
+const char* const kFunctionText =
+    "count sum avg min max total group_concat abs round length lower upper substr substring instr trim ltrim replace "
+    "coalesce ifnull nullif iif typeof printf format char hex unicode random date time datetime julianday strftime "
+    "unixepoch quote zeroblob likely unlikely";
 const char* const kKeywordText =
     "select from where group by order having limit offset join inner left right full outer cross natural on using as "
     "and or not in like glob regexp match between is isnull notnull null distinct all union intersect except exists "
     "case when then else end asc desc with recursive values collate nocase binary rtrim escape cast true false "
-    "current_date current_time current_timestamp over partition rows range filter window "
-    "count sum avg min max total group_concat abs round length lower upper substr substring instr trim ltrim replace "
-    "coalesce ifnull nullif iif typeof printf format char hex unicode random date time datetime julianday strftime "
-    "unixepoch quote zeroblob likely unlikely integer int real text numeric float double varchar";
+    "current_date current_time current_timestamp over partition rows range filter window integer int real text "
+    "numeric float double varchar";
+
+std::set<std::string> words_of(const char* text) {
+  std::set<std::string> out;
+  std::istringstream words(text);
+  for (std::string word; words >> word;) out.insert(word);
+  return out;
+}
+
+bool is_function(const std::string& word) {
+  static const std::set<std::string> functions = words_of(kFunctionText);
+  return functions.count(word) > 0;
+}
+
+// sqlconstraint.AGGREGATES: refused in WHERE and ON (misuse of aggregate)
+bool is_aggregate(const std::string& word) {
+  static const std::set<std::string> aggregates = words_of("count sum avg total group_concat");
+  return aggregates.count(word) > 0;
+}
 
 const std::vector<std::pair<std::string, int>>& keyword_table() {
   static const std::vector<std::pair<std::string, int>> table = [] {
@@ -171,10 +192,11 @@ const std::vector<std::pair<std::string, int>>& keyword_table() {
         {"except", kExcept}, {"select", kSelect}, {"where", kWhere}, {"group", kGroup}, {"order", kOrder},
         {"having", kHaving}, {"limit", kLimit}, {"on", kOn}, {"by", kBy}, {"offset", kOffset}};
     std::vector<std::pair<std::string, int>> out;
-    std::istringstream words(kKeywordText);
-    for (std::string word; words >> word;) {
-      auto action = actions.find(word);
-      out.emplace_back(word, action == actions.end() ? kPlain : action->second);
+    for (const char* text : {kKeywordText, kFunctionText}) {
+      for (const std::string& word : words_of(text)) {
+        auto action = actions.find(word);
+        out.emplace_back(word, action == actions.end() ? kPlain : action->second);
+      }
     }
     std::sort(out.begin(), out.end());
     out.erase(std::unique(out.begin(), out.end()), out.end());
@@ -823,22 +845,12 @@ bool SchemaConstraint::complete(State& s, uint32_t next) const {
   const char clause = s.clauses.back();
   if (limit_clause(clause) && !(word == "offset" && clause == kLimit && was == kLastNumber))
     return false;  // LIMIT n [OFFSET m]
-  // sqlconstraint.FUNCTIONS: a function name the database also has as a column is that column unless `(` follows
-  static const std::set<std::string> functions = [] {
-    std::set<std::string> out;
-    std::istringstream words(
-        "count sum avg min max total group_concat abs round length lower upper substr substring instr trim ltrim "
-        "replace coalesce ifnull nullif iif typeof printf format char hex unicode random date time datetime julianday "
-        "strftime unixepoch quote zeroblob likely unlikely");
-    for (std::string w; words >> w;) out.insert(w);
-    return out;
-  }();
-  const bool column_not_call = next != '(' && functions.count(word) && contains(all_columns_, word);
-  if (action != kNotKeyword && !column_not_call) {
+  // sqlconstraint.FUNCTIONS: a function name the database also has as a column (`date`, `total`) is that column
+  // unless `(` follows at once
+  const bool column = action != kNotKeyword && is_function(word) && contains(all_columns_, word);
+  if (action != kNotKeyword && !(column && next != '(')) {
     if (action == kAs && was == kLastAlias) return false;  // `JOIN model_list AS T2_make AS T3`: one alias a name
-    // sqlconstraint.AGGREGATES in WHERE / ON: misuse of aggregate (unless the database has a column of that name)
-    static const std::set<std::string> aggregates = {"count", "sum", "avg", "total", "group_concat"};
-    if ((clause == kWhere || clause == kOn) && aggregates.count(word) && !contains(all_columns_, word)) return false;
+    if ((clause == kWhere || clause == kOn) && is_aggregate(word) && !column) return false;  // misuse of aggregate
     const bool distinct = word == "distinct" || word == "all";
     // DISTINCT / ALL open a select list or an aggregate's arguments, follow UNION, IS [NOT]
     if (distinct && was != kLastSelect && was != kLastOpen) return false;
